@@ -1,0 +1,69 @@
+"""The contract between an uncertainty method and the one training loop.
+
+A method never copies the model or the loop: it may convert the model once
+(`prepare_model`), reshape a training batch (`train_batch`), collect state after a step
+(`after_step`), and decide how probabilities are predicted (`predict`).
+The deterministic method is this base class itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Prediction:
+    probs: torch.Tensor  # N×C final predictive distribution
+    member_probs: torch.Tensor | None = None  # M×N×C for methods with members, else None
+
+
+class Method:
+    name = "deterministic"
+    # How many predictions one forward pass makes per input image (BatchEnsemble: M).
+    members = 1
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Convert the freshly created model (before the optimizer exists)."""
+        return model
+
+    def param_groups(self, model: nn.Module, base: list[dict]) -> list[dict]:
+        """Adjust optimizer groups (e.g. an LR multiplier via the key 'lr_mult')."""
+        return base
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def adjust_lr(self, lr: float, iteration: int, total_iters: int) -> float:
+        """The LR for 0-based `iteration` given the schedule's value (SWA holds it constant)."""
+        return lr
+
+    def after_step(self, model: nn.Module, iteration: int, total_iters: int) -> None:
+        """Called after every optimizer step with the 1-based number of steps done."""
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> Prediction:
+        """Eval-mode prediction for a batch of normalized inputs."""
+        return Prediction(F.softmax(model(x).float(), dim=-1))
+
+    def eval_passes(self, model: nn.Module) -> Iterator[None]:
+        """Prepare `model` for each full pass over the evaluation data, yielding once per pass.
+
+        The evaluator averages the probabilities of the passes (and reports them as members
+        when there is more than one): SWAG samples weights here, a deep ensemble loads each
+        member's weights. Most methods need a single pass.
+        """
+        yield
+
+    def finalize(self, model: nn.Module, train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Called once after the last step, before the final evaluation (e.g. SWA's BN update)."""
+
+    def state_dict(self) -> dict:
+        """Extra state that must survive a resume (tensors and plain Python values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
