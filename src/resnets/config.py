@@ -1,0 +1,204 @@
+"""The typed configuration of a training run.
+
+Every field is a `resnets train` flag of the same name (underscores become dashes); a preset
+is a named set of field values (presets.py) and the CLI overrides any of them. Durations
+(`iters`, `warmup`, `milestones`) are strings with a unit so that one field serves recipes
+written in iterations (seed 001), epochs (seeds 000/003) or a fraction of training:
+"48000" or "48k" iterations, "90ep" epochs, "10%" of the total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # What to train.
+    model: str = field(default="resnet20", metadata=dict(help="zoo model name (resnets zoo lists them)"))
+    width: int = field(default=1, metadata=dict(help="width multiplier of the stages"))
+    head_bias: bool = field(default=True, metadata=dict(help="give the classifier head a bias"))
+    head_init: str = field(default="default", metadata=dict(help="head init: default, zero, normal"))
+    dropout: float | None = field(default=None, metadata=dict(help="dropout before the head (default: the model's)"))
+    drop_path_rate: float | None = field(default=None, metadata=dict(help="stochastic depth rate (default: the model's)"))
+    zero_init_last_bn: bool = field(default=True, metadata=dict(help="zero-init the last BN scale of each block"))
+    method: str = field(default="deterministic", metadata=dict(
+        help="deterministic, batchensemble, mcdropout, swa or swag"))
+    ensemble_size: int = field(default=4, metadata=dict(help="BatchEnsemble members"))
+    be_init: str = field(default="normal", metadata=dict(help="BatchEnsemble fast-weight init: normal or random_sign"))
+    fast_weight_lr_mult: float = field(default=0.25, metadata=dict(help="BatchEnsemble fast-weight LR multiplier"))
+    mc_samples: int = field(default=10, metadata=dict(help="MC dropout test samples"))
+    swa_start: float = field(default=0.75, metadata=dict(help="SWA/SWAG: fraction of training before collecting"))
+    swa_every: int = field(default=100, metadata=dict(help="SWA/SWAG: iterations between snapshots"))
+    swa_lr: float | None = field(default=None, metadata=dict(help="SWA/SWAG: constant LR after swa_start"))
+    swag_rank: int = field(default=20, metadata=dict(help="SWAG deviation rank"))
+    swag_samples: int = field(default=30, metadata=dict(help="SWAG test samples"))
+
+    # Data.
+    data: str = field(default="digits", metadata=dict(help="dataset: digits, cifar10, cifar100, tinyimagenet, "
+                                                       "imagenet32, imagenet64, npy, imagenet, synthetic"))
+    data_dir: str | None = field(default=None, metadata=dict(help="folder holding the dataset files"))
+    download: bool = field(default=False, metadata=dict(help="download the dataset with torchvision (CIFAR)"))
+    image_size: int | None = field(default=None, metadata=dict(help="input resolution (default: the dataset's)"))
+    val_size: int | None = field(default=None, metadata=dict(help="held-out tail of train used for validation"))
+    augment: str = field(default="crop-flip", metadata=dict(help="crop-flip, crop (no mirroring) or none"))
+    randaugment_magnitude: int | None = field(default=None, metadata=dict(help="RandAugment magnitude (2 layers)"))
+    num_workers: int = field(default=4, metadata=dict(help="DataLoader workers for JPEG datasets"))
+
+    # Optimization.
+    iters: str = field(default="48k", metadata=dict(help="training length: 48000, 48k, 90ep"))
+    batch_size: int = field(default=256, metadata=dict(help="global batch size (all processes together)"))
+    lr: float = field(default=0.1, metadata=dict(help="peak learning rate (for lr_base_batch: at that batch)"))
+    lr_base_batch: int | None = field(default=None, metadata=dict(
+        help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))
+    momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
+    nesterov: bool = field(default=False, metadata=dict(help="Nesterov momentum"))
+    weight_decay: float = field(default=1e-3, metadata=dict(help="coupled L2: grad += wd * param"))
+    decay_bn: bool = field(default=True, metadata=dict(
+        help="apply weight decay to BN parameters too (seed 001); off for seeds 000/003"))
+    schedule: str = field(default="cosine", metadata=dict(help="cosine or step (after linear warmup)"))
+    warmup: str = field(default="10%", metadata=dict(help="linear warmup from 0: 10%%, 5ep or iterations"))
+    milestones: str = field(default="", metadata=dict(help="step schedule: comma-separated, e.g. 30ep,60ep,80ep"))
+    lr_decay: float = field(default=0.1, metadata=dict(help="step schedule: factor at each milestone"))
+    label_smoothing: float = field(default=0.0, metadata=dict(help="cross-entropy label smoothing"))
+    ema_decay: float | None = field(default=None, metadata=dict(help="EMA of weights (evaluated instead), e.g. 0.9999"))
+    grad_clip: float | None = field(default=None, metadata=dict(help="clip the gradient norm to this value"))
+
+    # Precision and speed.
+    device: str = field(default="auto", metadata=dict(help="auto, cpu, cuda or cuda:N"))
+    precision: str = field(default="auto", metadata=dict(help="auto (bf16 on CUDA, else fp32), fp32, bf16, fp16"))
+    channels_last: bool | None = field(default=None, metadata=dict(help="channels_last memory (default: on CUDA)"))
+    compile: bool = field(default=False, metadata=dict(help="torch.compile the training step's model"))
+    sync_bn: bool = field(default=False, metadata=dict(help="synchronise BN statistics across processes"))
+
+    # The run.
+    seed: int = field(default=42, metadata=dict(help="seed of initialization, data order and augmentation"))
+    eval_every: str = field(default="1000", metadata=dict(help="between evaluations and checkpoints: 1000 or 1ep"))
+    eval_batch_size: int = field(default=1024, metadata=dict(help="batch size of evaluation"))
+    eval_train: bool = field(default=False, metadata=dict(
+        help="at the end, also evaluate the train split without augmentation (trn/*)"))
+    log_every: int = field(default=100, metadata=dict(help="iterations between loss checks and TensorBoard points"))
+    name: str | None = field(default=None, metadata=dict(help="run name (default: from model, iters, wd, precision)"))
+    runs_root: str = field(default="runs", metadata=dict(help="where run directories are made"))
+    out: str | None = field(default=None, metadata=dict(help="exact run directory (must not exist)"))
+    progress: bool = field(default=True, metadata=dict(help="show a progress bar"))
+    preset: str | None = field(default=None, metadata=dict(help="the preset this config started from"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{source} has unknown field(s) {unknown}: expected fields of TrainConfig such as "
+                            "model, data, iters, batch_size, lr")
+        return cls(**values)
+
+
+# Fields that change how a run is executed but not what it computes: a resume may change them.
+EXECUTION_FIELDS = {"device", "num_workers", "progress", "data_dir", "download", "out", "runs_root",
+                    "eval_batch_size", "compile"}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(k|ep|%)?\s*$")
+
+
+def parse_duration(text: str, *, total_iters: int | None, steps_per_epoch: int, flag: str) -> int:
+    """Iterations for '48000', '48k', '90ep' or '10%' (of total_iters)."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise UserError(f"--{flag} {text!r} is not a duration: expected iterations (48000 or 48k), "
+                        "epochs (90ep) or a percentage of training (10%)")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit == "k":
+        return round(value * 1000)
+    if unit == "ep":
+        return round(value * steps_per_epoch)
+    if unit == "%":
+        if total_iters is None:
+            raise UserError(f"--{flag} cannot be a percentage")
+        return round(value / 100 * total_iters)
+    return round(value)
+
+
+@dataclass
+class Schedule:
+    """A config's durations resolved against the dataset: everything in iterations."""
+    total_iters: int
+    eval_every: int
+    warmup_iters: int
+    milestones: list[int]
+    steps_per_epoch: int
+    peak_lr: float
+
+    def lr_at(self, iteration: int) -> float:
+        """LR of the 0-based `iteration`: linear warmup from 0, then cosine to 0 or steps."""
+        if iteration < self.warmup_iters:
+            return self.peak_lr * iteration / self.warmup_iters
+        return self.peak_lr * self._after_warmup(iteration)
+
+    def _after_warmup(self, iteration: int) -> float:
+        raise NotImplementedError
+
+
+@dataclass
+class CosineSchedule(Schedule):
+    def _after_warmup(self, iteration: int) -> float:
+        span = max(self.total_iters - self.warmup_iters, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (iteration - self.warmup_iters) / span))
+
+
+@dataclass
+class StepSchedule(Schedule):
+    decay: float = 0.1
+
+    def _after_warmup(self, iteration: int) -> float:
+        return self.decay ** sum(iteration >= m for m in self.milestones)
+
+
+def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    total = parse_duration(cfg.iters, total_iters=None, steps_per_epoch=steps_per_epoch, flag="iters")
+    if total < 1:
+        raise UserError(f"--iters {cfg.iters!r} gives {total} iterations: expected at least 1")
+    warmup = parse_duration(cfg.warmup, total_iters=total, steps_per_epoch=steps_per_epoch, flag="warmup")
+    if warmup >= total:
+        raise UserError(f"--warmup {cfg.warmup!r} ({warmup} iterations) is not shorter than training ({total})")
+    milestones = [parse_duration(m, total_iters=total, steps_per_epoch=steps_per_epoch, flag="milestones")
+                  for m in cfg.milestones.split(",") if m.strip()]
+    eval_every = parse_duration(cfg.eval_every, total_iters=total, steps_per_epoch=steps_per_epoch, flag="eval-every")
+    if eval_every < 1:
+        raise UserError(f"--eval-every {cfg.eval_every!r} gives {eval_every} iterations: expected at least 1")
+    peak = cfg.lr * (cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else 1.0)
+    common = dict(total_iters=total, eval_every=eval_every, warmup_iters=warmup, milestones=milestones,
+                  steps_per_epoch=steps_per_epoch, peak_lr=peak)
+    if cfg.schedule == "cosine":
+        return CosineSchedule(**common)
+    if cfg.schedule == "step":
+        if not milestones:
+            raise UserError("--schedule step needs --milestones, e.g. 30ep,60ep,80ep")
+        return StepSchedule(**common, decay=cfg.lr_decay)
+    raise UserError(f"--schedule {cfg.schedule!r} is unknown: expected cosine or step")
+
+
+def default_run_name(cfg: TrainConfig, total_iters: int) -> str:
+    """Seed 001's naming: resnet_20x1-iter_48k-wd_0.0010[-fp16], with the batch when not 256."""
+    depth = cfg.model.removeprefix("resnet")
+    parts = [f"resnet_{depth}x{cfg.width}"]
+    if cfg.batch_size != 256:
+        parts.append(f"batch_{cfg.batch_size}")
+    iters = f"{total_iters // 1000}k" if total_iters % 1000 == 0 else str(total_iters)
+    parts.append(f"iter_{iters}")
+    if cfg.batch_size != 256:
+        parts.append(f"lr_{cfg.lr:g}")
+    parts.append(f"wd_{cfg.weight_decay:.4f}")
+    if cfg.method != "deterministic":
+        parts.append(cfg.method)
+    if cfg.precision in ("fp16", "bf16"):
+        parts.append(cfg.precision)
+    return "-".join(parts)

@@ -1,0 +1,31 @@
+"""Datasets in their publishers' formats, and the batch pipelines that feed training.
+
+``load_dataset`` reads a dataset into a ``DatasetBundle`` of splits (see ``sources`` for the
+formats and the split rule); ``train_batches`` / ``eval_batches`` turn a split into
+normalized batches on the training device (see ``pipelines`` for the resume and
+multi-process guarantees).
+"""
+from .pipelines import AUGMENTATIONS, eval_batches, steps_per_epoch, train_batches
+from .sources import (
+    DATASETS,
+    DatasetBundle,
+    FolderSplit,
+    Split,
+    TensorSplit,
+    cache_dir,
+    load_dataset,
+)
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "DatasetBundle",
+    "FolderSplit",
+    "Split",
+    "TensorSplit",
+    "cache_dir",
+    "eval_batches",
+    "load_dataset",
+    "steps_per_epoch",
+    "train_batches",
+]

@@ -1,0 +1,48 @@
+"""Uncertainty methods: each one adapts the single training loop through `Method`'s hooks."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..errors import UserError
+from .base import Method, Prediction
+from .batchensemble import BatchEnsemble
+from .ensemble import DeepEnsemble, check_compatible
+from .mcdropout import MCDropout
+from .swag import SWA, SWAG
+from .temperature import apply_temperature, fit_temperature
+
+# Methods a training run can use. A deep ensemble is built from finished runs instead
+# (DeepEnsemble), so it is not trained by name.
+METHODS: dict[str, type[Method]] = {
+    "deterministic": Method,
+    "batchensemble": BatchEnsemble,
+    "mcdropout": MCDropout,
+    "swa": SWA,
+    "swag": SWAG,
+}
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """The options of method `name` with their defaults."""
+    params = inspect.signature(METHODS[name].__init__).parameters
+    return {k: p.default for k, p in list(params.items())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_method(name: str, **options: Any) -> Method:
+    """The method called `name`, configured with `options` (e.g. ensemble_size=4)."""
+    if name not in METHODS:
+        raise UserError(f"--method {name!r} is unknown: expected one of {', '.join(METHODS)}.")
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        allowed = ", ".join(known) if known else "none"
+        raise UserError(f"method {name!r} has no option(s) {', '.join(unknown)}: its options are {allowed}.")
+    return METHODS[name](**options)
+
+
+__all__ = [
+    "METHODS", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "MCDropout", "Method", "Prediction",
+    "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_options",
+]
