@@ -38,6 +38,7 @@ CONFIG_FILE = "config.yaml"
 LAST_CHECKPOINT = "checkpoints/last.pt"
 BEST_WEIGHTS = "checkpoints/best.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
+EVAL_ONLY_DATASETS = ("imagenet-v2",)
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
 
@@ -476,6 +477,9 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, p
     if cfg.batch_size % env.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                         f"{env.world_size} processes")
+    if cfg.data in EVAL_ONLY_DATASETS:
+        raise UserError(f"--data {cfg.data} has no training split: it is a test set for `resnets eval "
+                        f"RUN_DIR --shift-data {cfg.data}`")
     data = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size, download=cfg.download,
                         val_size=cfg.val_size)
     if data.train is None:

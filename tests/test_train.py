@@ -1,0 +1,230 @@
+"""`resnets train` end to end: real formats, presets, exact resume after SIGKILL, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from formats import write_cifar10, write_downsampled, write_image_folders, write_npy, write_tinyimagenet
+from resnets.cli import main
+from resnets.config import TrainConfig
+from resnets.errors import UserError
+from resnets.presets import PRESETS
+from resnets.train import train
+
+TINY = ["--iters", "4", "--eval-every", "2", "--batch-size", "16", "--eval-batch-size", "256", "--no-progress"]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(*args) -> int:
+    return main(["train", *map(str, args)])
+
+
+def results(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def test_digits_run_writes_the_whole_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--out", out, "--image-size", 16, *TINY) == 0
+    summary = capsys.readouterr().out
+    assert "tst/acc" in summary and str(out) in summary
+    res = results(out)
+    for key in ("val/acc", "tst/acc", "tst/nll", "tst/top5", "tst/ece", "iter_per_min", "params", "train_hours",
+                "nan_grad_steps", "device"):
+        assert key in res, key
+    assert res["params"] == 272_464 and res["iters"] == 4 and res["nan_grad_steps"] == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["config"]["preset"] == "digits-resnet20" and saved["resolved"]["total_iters"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [2, 4]
+    # Test metrics are those of the evaluation with the best val/acc.
+    best = max(records, key=lambda r: r["val/acc"])
+    assert res["tst/acc"] == best["tst/acc"] and res["best_iter"] == best["iter"]
+    assert len((out / "train.log").read_text().splitlines()) == 3
+    assert list((out / "tb").iterdir())
+    weights = load_file(out / "model.safetensors")
+    assert "fc.weight" in weights and (out / "checkpoints" / "best.safetensors").is_file()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["iteration"] == 4
+
+
+def test_default_run_directory_follows_seed001_naming(tmp_path):
+    assert run_cli("--runs-root", tmp_path, "--image-size", 16, *TINY) == 0
+    (run_dir,) = [p.parent for p in tmp_path.rglob("results.json")]
+    assert run_dir.relative_to(tmp_path).parts[:3] == ("digits", "resnet_20x1-batch_16-iter_4-lr_0.1-wd_0.0005", "42")
+
+
+def test_every_preset_is_a_valid_config():
+    assert len(PRESETS) >= 48
+    for name, values in PRESETS.items():
+        TrainConfig.from_dict(values)
+    assert PRESETS["cifar10-resnet18x1-fp16"]["precision"] == "fp16"
+    rs = PRESETS["resnetrs350-i320"]
+    assert rs["dropout"] == 0.4 and rs["drop_path_rate"] == 0.1 and rs["image_size"] == 320
+    be = PRESETS["ub-imagenet-resnet50-batchensemble"]
+    assert be["method"] == "batchensemble" and be["milestones"] == "45ep,90ep,120ep"
+
+
+def test_list_presets(capsys):
+    assert main(["train", "--list-presets"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(PRESETS) and listed[1].startswith("cifar10-resnet20x1")
+
+
+def test_preset_with_overrides_on_cifar_pickles(tmp_path):
+    write_cifar10(tmp_path / "data", per_batch=20)
+    out = tmp_path / "run"
+    assert run_cli("--preset", "cifar10-resnet20x1", "--data-dir", tmp_path / "data", "--out", out, *TINY) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    cfg, resolved = saved["config"], saved["resolved"]
+    assert cfg["preset"] == "cifar10-resnet20x1" and cfg["head_bias"] is False and cfg["iters"] == "4"
+    # Seed 001's held-out tail of train: 100 images -> 18 validation images.
+    assert resolved["train_size"] == 82 and resolved["val_size"] == 18 and resolved["test_size"] == 20
+    assert resolved["num_classes"] == 10
+    assert results(out)["params"] == 272_464
+
+
+@pytest.mark.parametrize("kind", ["imagenet32", "npy", "tinyimagenet", "imagenet"])
+def test_trains_on_each_real_format(tmp_path, kind):
+    data = tmp_path / "data"
+    extra: list = []
+    if kind == "imagenet32":
+        rng = np.random.default_rng(0)
+        write_downsampled(data, "train_data_batch_1.npz", rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+                          rng.integers(1, 1001, 40))
+        write_downsampled(data, "val_data.npz", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+                          rng.integers(1, 1001, 10))
+        expected_classes = 1000
+    elif kind == "npy":
+        data.mkdir()
+        write_npy(data, n_train=40)
+        expected_classes = 7
+    elif kind == "tinyimagenet":
+        write_tinyimagenet(data / "tiny-imagenet-200", per_class=8)
+        extra = ["--image-size", 32]
+        expected_classes = 3
+    else:
+        for split in ("train", "val"):
+            write_image_folders(data / split, ["n01", "n02", "n03"], per_folder=6)
+        extra = ["--image-size", 32, "--num-workers", 0, "--model", "resnet18"]
+        expected_classes = 3
+    out = tmp_path / "run"
+    assert run_cli("--data", kind, "--data-dir", data, "--out", out, *extra, *TINY) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["resolved"]["num_classes"] == expected_classes
+    assert results(out)["val/acc"] is not None
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    def error_of(*args) -> str:
+        assert run_cli(*TINY, "--runs-root", tmp_path / "runs", *args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    assert "cifar-10-batches-py" in error_of("--data", "cifar10", "--data-dir", tmp_path / "nowhere")
+    assert "--preset" in error_of("--preset", "cifar10-resnet21x1")
+    assert "--model" in error_of("--model", "resnet19", "--out", tmp_path / "m")
+    assert "--iters" in error_of("--iters", "ten")
+    assert "training split" in error_of("--data", "imagenet-v2", "--data-dir", tmp_path)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    assert "already exists" in error_of("--out", tmp_path / "busy")
+    with pytest.raises(SystemExit):
+        run_cli("--no-such-flag")
+
+
+def test_diverging_fp32_loss_stops_with_checkpoints_intact(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--out", out, "--image-size", 16, "--iters", 8, "--eval-every", 2, "--log-every", 1, "--warmup", 0,
+            "--batch-size", 16, "--no-progress"]
+    assert run_cli(*args, "--lr", 1e12) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "last.pt" in err
+    assert not (out / "results.json").exists()
+
+
+def test_resume_refuses_a_different_recipe_and_missing_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--out", out, "--image-size", 16, *TINY) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--lr", "0.5"]) == 2
+    assert "--lr 0.5" in capsys.readouterr().err
+    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    assert "cannot be read safely" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a resnets run directory" in capsys.readouterr().err
+
+
+def _train_subprocess(args, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC)
+    return subprocess.Popen([sys.executable, "-m", "resnets", "train", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_sigkill_then_resume_ends_bit_identical(tmp_path):
+    # Dropout, stochastic depth and EMA make the RNG state and the EMA part of what must resume.
+    recipe = ["--image-size", 16, "--iters", 24, "--eval-every", 6, "--batch-size", 16, "--eval-batch-size", 512,
+              "--dropout", 0.2, "--drop-path-rate", 0.2, "--ema-decay", 0.9, "--no-progress"]
+    reference = _train_subprocess(["--out", tmp_path / "reference", *recipe])
+    killed_dir = tmp_path / "killed"
+    victim = _train_subprocess(["--out", killed_dir, *recipe])
+    metrics = killed_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere between two checkpoints
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed_dir / "results.json").exists()
+    resumed = _train_subprocess(["--resume", killed_dir, "--no-progress"])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    assert reference.wait() == 0, reference.stderr.read().decode()
+    ours, theirs = load_file(killed_dir / "model.safetensors"), load_file(tmp_path / "reference" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    last = torch.load(killed_dir / "checkpoints" / "last.pt", weights_only=True)
+    reference_last = torch.load(tmp_path / "reference" / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in reference_last["model"].items():
+        assert torch.equal(last["model"][key], value), key
+    iters = [json.loads(line)["iter"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [6, 12, 18, 24]
+
+
+def test_batchensemble_and_swa_train_from_the_api(tmp_path):
+    common = dict(data="digits", image_size=16, iters="6", eval_every="3", batch_size=16, eval_batch_size=512,
+                  progress=False)
+    be = train(TrainConfig(**common, method="batchensemble", ensemble_size=2, out=str(tmp_path / "be")))
+    assert be["ensemble_size"] == 2 and "tst/member/acc" in be
+    swa = train(TrainConfig(**common, method="swa", swa_start=0.5, swa_every=1, out=str(tmp_path / "swa")))
+    assert swa["method"] == "swa" and swa["tst/acc"] is not None
+
+
+@pytest.mark.slow
+def test_default_digits_run_reaches_98_percent(tmp_path):
+    env = dict(os.environ, PYTHONPATH=SRC)
+    done = subprocess.run([sys.executable, "-m", "resnets", "train", "--runs-root", str(tmp_path), "--no-progress"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (result,) = tmp_path.rglob("results.json")
+    assert json.loads(result.read_text())["tst/acc"] >= 0.98
