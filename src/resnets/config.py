@@ -75,6 +75,8 @@ class TrainConfig:
     channels_last: bool | None = field(default=None, metadata=dict(help="channels_last memory (default: on CUDA)"))
     compile: bool = field(default=False, metadata=dict(help="torch.compile the training step's model"))
     sync_bn: bool = field(default=False, metadata=dict(help="synchronise BN statistics across processes"))
+    allow_world_size_change: bool = field(default=False, metadata=dict(
+        help="let --resume continue with another number of processes (the result then differs)"))
 
     # The run.
     seed: int = field(default=42, metadata=dict(help="seed of initialization, data order and augmentation"))
@@ -104,7 +106,7 @@ class TrainConfig:
 
 # Fields that change how a run is executed but not what it computes: a resume may change them.
 EXECUTION_FIELDS = {"device", "num_workers", "progress", "data_dir", "download", "out", "runs_root",
-                    "eval_batch_size", "compile"}
+                    "eval_batch_size", "compile", "allow_world_size_change"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(k|ep|%)?\s*$")
 

@@ -33,6 +33,7 @@ from .methods import Method, build_method
 from .metrics import ClassificationMetrics
 from .models import create_model
 from .models.stats import count_parameters
+from .models.sync_batchnorm import convert_to_cross_process_bn
 
 CONFIG_FILE = "config.yaml"
 LAST_CHECKPOINT = "checkpoints/last.pt"
@@ -206,7 +207,9 @@ class _Trainer:
         model = self.method.prepare_model(build_model(cfg, data.num_classes, data.image_size))
         self.params = count_parameters(model)
         if env.enabled and cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
+            model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
+                     else convert_to_cross_process_bn(model))
         self.model = model.to(device, memory_format=self.memory_format)
         groups = self.method.param_groups(self.model, parameter_groups(self.model, cfg))
         self.optimizer = torch.optim.SGD(groups, lr=schedule.peak_lr, momentum=cfg.momentum,
@@ -250,10 +253,11 @@ class _Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
-        if state.get("world_size", 1) != self.env.world_size:
+        if state.get("world_size", 1) != self.env.world_size and not self.cfg.allow_world_size_change:
             raise UserError(f"{path} was written by {state.get('world_size', 1)} process(es) and this resume runs "
                             f"{self.env.world_size}: resume with the same --nproc-per-node x --nnodes, since the "
-                            "per-process batches and BN statistics depend on it")
+                            "per-process batches and BN statistics depend on it (or accept a different result with "
+                            "--allow-world-size-change)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
