@@ -421,7 +421,7 @@ class _Trainer:
                 loss_sum, correct, count, nan_steps = sums.tolist()
                 self.progress.nan_grad_steps += int(nan_steps)
                 stats = {"lr": lr, "trn/loss": loss_sum / max(count, 1), "trn/acc": correct / max(count, 1),
-                         "iter_per_min": self.iter_per_min()}
+                         "iter_per_min": self.iter_per_min(), "train_seconds": self.progress.train_seconds}
                 results = self.evaluate(stats)
                 if "val/acc" in results and results["val/acc"] > self.progress.best.get("val/acc", -1.0):
                     self.progress.best = {k: v for k, v in results.items() if k[:4] in ("val/", "tst/")}
