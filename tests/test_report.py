@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import re
 import json
+import re
 import statistics
 from pathlib import Path
 

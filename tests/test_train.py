@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from formats import write_cifar10, write_downsampled, write_image_folders, write_npy, write_tinyimagenet
 from resnets.cli import main
 from resnets.config import TrainConfig
-from resnets.errors import UserError
 from resnets.presets import PRESETS
 from resnets.train import train
 
@@ -228,3 +227,16 @@ def test_default_digits_run_reaches_98_percent(tmp_path):
     assert done.returncode == 0, done.stderr
     (result,) = tmp_path.rglob("results.json")
     assert json.loads(result.read_text())["tst/acc"] >= 0.98
+
+
+def test_deep_ensemble_trains_members_with_consecutive_seeds(tmp_path):
+    out = tmp_path / "ens"
+    assert run_cli("--method", "ensemble", "--ensemble-size", 2, "--out", out, "--image-size", 16, *TINY) == 0
+    res = results(out)
+    seeds = [yaml.safe_load((out / f"member_{k}" / "config.yaml").read_text())["config"]["seed"] for k in (0, 1)]
+    assert seeds == [42, 43]
+    assert res["method"] == "ensemble" and res["ensemble_size"] == 2
+    assert res["params"] == 2 * results(out / "member_0")["params"]
+    # -log of a mean probability never exceeds the mean of -logs (Jensen).
+    assert res["tst/nll"] <= res["tst/member/nll"] + 1e-9
+    assert "tst/diversity/disagreement" in res

@@ -48,7 +48,7 @@ def _given_overrides(args: argparse.Namespace) -> dict:
 def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .presets import PRESETS, get_preset
-    from .train import resume_config, train
+    from .train import resume_config, train, train_deep_ensemble
 
     if args.list_presets:
         for name, values in PRESETS.items():
@@ -65,12 +65,15 @@ def _train(args: argparse.Namespace) -> int:
         values.update(given)
         values["preset"] = preset
         cfg = TrainConfig.from_dict(values)
-    results = train(cfg, resume=bool(args.resume))
+    run = train_deep_ensemble if cfg.method == "ensemble" else train
+    results = run(cfg, resume=bool(args.resume))
     _print_summary(results)
     return 0
 
 
 def _print_summary(results: dict) -> None:
+    if not results:  # ranks other than 0 under torchrun
+        return
     def fmt(key, digits=4):
         value = results.get(key)
         return "-" if value is None else f"{value:.{digits}f}"
@@ -100,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run exactly")
     add_train_config_flags(train)
     train.set_defaults(func=_train)
+
+    # These commands keep their flags next to the code that reads them.
+    from . import bench, evaluate, report
+
+    evaluation = sub.add_parser("eval", help="evaluate finished runs (one, or several as a deep ensemble)")
+    evaluate.add_arguments(evaluation)
+    evaluation.set_defaults(func=evaluate.run)
+    benchmark = sub.add_parser("bench", help="time training and inference steps (img/s, latency, memory)")
+    bench.add_arguments(benchmark)
+    benchmark.set_defaults(func=bench.run)
+    reporting = sub.add_parser("report", help="regenerate the seed tables from finished runs")
+    report.add_arguments(reporting)
+    reporting.set_defaults(func=report.run)
 
     zoo = sub.add_parser("zoo", help="list every model with parameters and FLOPs")
     zoo.add_argument("--num-classes", type=int, default=None,

@@ -28,8 +28,8 @@ class TrainConfig:
     drop_path_rate: float | None = field(default=None, metadata=dict(help="stochastic depth rate (default: the model's)"))
     zero_init_last_bn: bool = field(default=True, metadata=dict(help="zero-init the last BN scale of each block"))
     method: str = field(default="deterministic", metadata=dict(
-        help="deterministic, batchensemble, mcdropout, swa or swag"))
-    ensemble_size: int = field(default=4, metadata=dict(help="BatchEnsemble members"))
+        help="deterministic, batchensemble, mcdropout, swa, swag, or ensemble (ensemble_size runs, seeds seed+k)"))
+    ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble or ensemble"))
     be_init: str = field(default="normal", metadata=dict(help="BatchEnsemble fast-weight init: normal or random_sign"))
     fast_weight_lr_mult: float = field(default=0.25, metadata=dict(help="BatchEnsemble fast-weight LR multiplier"))
     mc_samples: int = field(default=10, metadata=dict(help="MC dropout test samples"))
@@ -48,7 +48,8 @@ class TrainConfig:
     val_size: int | None = field(default=None, metadata=dict(help="held-out tail of train used for validation"))
     augment: str = field(default="crop-flip", metadata=dict(help="crop-flip, crop (no mirroring) or none"))
     randaugment_magnitude: int | None = field(default=None, metadata=dict(help="RandAugment magnitude (2 layers)"))
-    num_workers: int = field(default=4, metadata=dict(help="DataLoader workers for JPEG datasets"))
+    num_workers: int | None = field(default=None, metadata=dict(
+        help="DataLoader workers per process for JPEG datasets (default: the cores, at most 8)"))
 
     # Optimization.
     iters: str = field(default="48k", metadata=dict(help="training length: 48000, 48k, 90ep"))
@@ -188,19 +189,21 @@ def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
     raise UserError(f"--schedule {cfg.schedule!r} is unknown: expected cosine or step")
 
 
-def default_run_name(cfg: TrainConfig, total_iters: int) -> str:
-    """Seed 001's naming: resnet_20x1-iter_48k-wd_0.0010[-fp16], with the batch when not 256."""
+def default_run_name(cfg: TrainConfig) -> str:
+    """Seed 001's naming: resnet_20x1-iter_48k-wd_0.0010[-fp16], with batch and LR when the batch is not 256."""
     depth = cfg.model.removeprefix("resnet")
     parts = [f"resnet_{depth}x{cfg.width}"]
     if cfg.batch_size != 256:
         parts.append(f"batch_{cfg.batch_size}")
-    iters = f"{total_iters // 1000}k" if total_iters % 1000 == 0 else str(total_iters)
+    iters = str(cfg.iters).strip()
+    if iters.isdigit() and int(iters) % 1000 == 0:
+        iters = f"{int(iters) // 1000}k"
     parts.append(f"iter_{iters}")
     if cfg.batch_size != 256:
         parts.append(f"lr_{cfg.lr:g}")
     parts.append(f"wd_{cfg.weight_decay:.4f}")
     if cfg.method != "deterministic":
-        parts.append(cfg.method)
+        parts.append(cfg.method + (f"{cfg.ensemble_size}" if cfg.method in ("batchensemble", "ensemble") else ""))
     if cfg.precision in ("fp16", "bf16"):
         parts.append(cfg.precision)
     return "-".join(parts)

@@ -6,11 +6,15 @@ final evaluation and results.json.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
+import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,11 +134,11 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def new_run_dir(cfg: TrainConfig, schedule: Schedule) -> Path:
+def new_run_dir(cfg: TrainConfig) -> Path:
     if cfg.out:
         run_dir = Path(cfg.out)
     else:
-        name = cfg.name or default_run_name(cfg, schedule.total_iters)
+        name = cfg.name or default_run_name(cfg)
         stamp = datetime.now().strftime("%Y%m%d%H%M%S")
         run_dir = Path(cfg.runs_root) / cfg.data / name / str(cfg.seed) / stamp
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -201,6 +205,7 @@ class _Trainer:
         self.env, self.device, self.precision = env, device, precision
         self.channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
 
         torch.manual_seed(cfg.seed)
         self.method = method_from_config(cfg)
@@ -306,7 +311,7 @@ class _Trainer:
     def _eval_iter(self, split):
         return eval_batches(split, batch_size=self.cfg.eval_batch_size, device=self.device, mean=self.data.mean,
                             std=self.data.std, image_size=self.data.image_size, channels_last=self.channels_last,
-                            num_workers=self.cfg.num_workers)
+                            num_workers=self.num_workers)
 
     @torch.no_grad()
     def evaluate_split(self, split, prefix: str) -> dict[str, float]:
@@ -354,7 +359,7 @@ class _Trainer:
                              image_size=self.data.image_size, augment=self.cfg.augment,
                              randaugment_magnitude=self.cfg.randaugment_magnitude,
                              channels_last=self.channels_last, rank=self.env.rank,
-                             world_size=self.env.world_size, num_workers=self.cfg.num_workers)
+                             world_size=self.env.world_size, num_workers=self.num_workers)
 
     def _set_lr(self, iteration: int) -> float:
         lr = self.method.adjust_lr(self.schedule.lr_at(iteration), iteration, self.schedule.total_iters)
@@ -478,6 +483,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, precision: str) -> dict[str, Any]:
+    if cfg.ema_decay and cfg.method in ("swa", "swag"):
+        raise UserError(f"--ema-decay and --method {cfg.method} both average weights and cannot be combined: "
+                        "drop one of them")
     if cfg.batch_size % env.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                         f"{env.world_size} processes")
@@ -496,7 +504,7 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, p
 
     run_dir = None
     if env.is_main:
-        run_dir = Path(cfg.out) if resume else new_run_dir(cfg, schedule)
+        run_dir = Path(cfg.out) if resume else new_run_dir(cfg)
         if resume and not (run_dir / LAST_CHECKPOINT).is_file():
             raise UserError(f"cannot resume {run_dir}: expected {run_dir / LAST_CHECKPOINT}; the run was stopped "
                             "before its first checkpoint, so start it again")
@@ -507,7 +515,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, p
         resolved = dict(config=cfg.to_dict(), resolved=dict(
             total_iters=schedule.total_iters, warmup_iters=schedule.warmup_iters, milestones=schedule.milestones,
             eval_every=schedule.eval_every, steps_per_epoch=schedule.steps_per_epoch, peak_lr=schedule.peak_lr,
-            num_classes=data.num_classes, image_size=data.image_size, precision=precision,
+            num_classes=data.num_classes, image_size=data.image_size, mean=list(data.mean), std=list(data.std),
+            precision=precision,
             channels_last=trainer.channels_last, world_size=env.world_size, device=str(device),
             train_size=len(data.train), val_size=len(data.val) if data.val is not None else 0,
             test_size=len(data.test) if data.test is not None else 0, params=trainer.params))
@@ -521,7 +530,7 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, p
 
 
 def _finish(trainer: _Trainer) -> dict[str, Any]:
-    from .evaluate import predict_dataset
+    from .evaluate import Restartable, predict_dataset
 
     cfg, data, env, progress = trainer.cfg, trainer.data, trainer.env, trainer.progress
     method = trainer.method
@@ -529,8 +538,8 @@ def _finish(trainer: _Trainer) -> dict[str, Any]:
     finalizes = type(method).finalize is not Method.finalize
     if finalizes:
         # SWA/SWAG: the averaged (or sampled) weights are the result, BN re-estimated on train batches.
-        bn_batches = itertools.islice(trainer._train_stream(trainer.schedule.total_iters), 50)
-        method.finalize(trainer.model, bn_batches)
+        total = trainer.schedule.total_iters
+        method.finalize(trainer.model, Restartable(lambda: itertools.islice(trainer._train_stream(total), 50)))
         progress.best = {}
     test_ms = None
     if env.is_main:
@@ -581,4 +590,64 @@ def _finish(trainer: _Trainer) -> dict[str, Any]:
         (trainer.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         if trainer.writer is not None:
             trainer.writer.close()
+    return results
+
+
+def train_deep_ensemble(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """`--method ensemble`: M deterministic members with seeds seed, seed+1, ... trained by the
+    one loop into <run>/member_<k>/, then evaluated together by `resnets eval`.
+
+    A resume continues the member that was interrupted and skips finished ones.
+    """
+    from . import evaluate
+
+    if cfg.ensemble_size < 2:
+        raise UserError(f"--ensemble-size {cfg.ensemble_size}: a deep ensemble needs at least 2 members")
+    root = Path(cfg.out) if resume else new_run_dir(cfg)
+    if not resume:
+        (root / CONFIG_FILE).write_text(yaml.safe_dump(dict(config=cfg.to_dict(), resolved=dict(
+            members=[f"member_{k}" for k in range(cfg.ensemble_size)])), sort_keys=False))
+    members, member_results = [], []
+    for k in range(cfg.ensemble_size):
+        member_dir = root / f"member_{k}"
+        member_cfg = dataclasses.replace(cfg, method="deterministic", seed=cfg.seed + k, out=str(member_dir),
+                                         name=None)
+        if (member_dir / "results.json").is_file():
+            result = json.loads((member_dir / "results.json").read_text())
+        elif (member_dir / LAST_CHECKPOINT).is_file():
+            result = train(member_cfg, resume=True)
+        else:
+            # Killed before its first checkpoint: it holds nothing worth keeping.
+            shutil.rmtree(member_dir, ignore_errors=True)
+            result = train(member_cfg)
+        members.append(member_dir)
+        member_results.append(result)
+
+    results: dict[str, Any] = {}
+    if int(os.environ.get("RANK", "0")) == 0:
+        parser = argparse.ArgumentParser()
+        evaluate.add_arguments(parser)
+        for split, prefix in (("val", "val"), ("test", "tst")):
+            if member_results[0].get(f"{prefix}/acc") is None:
+                continue  # the dataset has no such split
+            out = root / f"eval_{split}.json"
+            args = parser.parse_args([*map(str, members), "--split", split, "--out", str(out), "--device", cfg.device,
+                                      "--precision", cfg.precision])
+            evaluate.run(args)
+            metrics = json.loads(out.read_text())["metrics"]
+            results.update({f"{prefix}/{key}": value for key, value in metrics.items() if key != "count"})
+        first = member_results[0]
+        results.update({
+            "iters": first["iters"], "iter_per_min": sum(r["iter_per_min"] for r in member_results) / len(members),
+            "img_per_sec": sum(r["img_per_sec"] for r in member_results) / len(members),
+            "params": sum(r["params"] for r in member_results),
+            "train_hours": sum(r["train_hours"] for r in member_results),
+            "nan_grad_steps": sum(r["nan_grad_steps"] for r in member_results),
+            "device": first["device"], "precision": first["precision"], "method": "ensemble",
+            "ensemble_size": len(members), "model": cfg.model, "width": cfg.width, "data": cfg.data,
+            "image_size": first["image_size"], "batch_size": cfg.batch_size, "seed": cfg.seed, "preset": cfg.preset,
+            "config_path": CONFIG_FILE, "log_path": "member_0/train.log", "checkpoint": None,
+            "members": [m.name for m in members], "run_dir": str(root),
+        })
+        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

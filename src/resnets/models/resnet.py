@@ -110,7 +110,9 @@ class BasicBlock(nn.Module):
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return self.relu(out + shortcut)
+        # In place: `out` is a fresh activation that no backward function needs again.
+        out += shortcut
+        return self.relu(out)
 
 
 class Bottleneck(BasicBlock):
