@@ -428,7 +428,8 @@ class _Trainer:
                 stats = {"lr": lr, "trn/loss": loss_sum / max(count, 1), "trn/acc": correct / max(count, 1),
                          "iter_per_min": self.iter_per_min(), "train_seconds": self.progress.train_seconds}
                 results = self.evaluate(stats)
-                if "val/acc" in results and results["val/acc"] > self.progress.best.get("val/acc", -1.0):
+                # On a tie the later evaluation wins: it has trained longer at a lower LR.
+                if "val/acc" in results and results["val/acc"] >= self.progress.best.get("val/acc", -1.0):
                     self.progress.best = {k: v for k, v in results.items() if k[:4] in ("val/", "tst/")}
                     self.progress.best["iter"] = done
                     self.export(BEST_WEIGHTS)
