@@ -17,16 +17,6 @@ from resnets.models.stats import count_flops, count_parameters
 TINY = dict(image_size=8, batch_size=2, iters=1, rounds=2, warmup=1, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny steps gain nothing from threads, and on a shared, busy machine the spinning of
-    # several intra-op threads can make them a hundred times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_benchmark_reports_medians_of_rounds():
     result = bench.benchmark("resnet20", mode="both", **TINY)
     model = create_model("resnet20", num_classes=1000, image_size=8)

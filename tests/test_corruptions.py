@@ -15,15 +15,6 @@ from resnets.data.corruptions import CORRUPTIONS, corrupt, severity_parameter
 from resnets.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These are many tiny tensor ops; on a shared machine, intra-op threads cost more than they give.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def natural_images(n: int, size: int, seed: int = 0, height: int | None = None) -> torch.Tensor:
     """Smooth colour fields with a few hard-edged rectangles: blur, noise and JPEG all show on them."""
     g = torch.Generator().manual_seed(seed)

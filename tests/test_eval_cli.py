@@ -19,15 +19,6 @@ from resnets.train import train
 IMAGE_SIZE = 16  # digits upsampled from 8 px: every run and evaluation here takes about a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on shared cores they oversubscribe.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_run(path, **overrides):
     cfg = dict(data="digits", model="resnet20", iters="2", batch_size=32, eval_every="2", eval_batch_size=512,
                out=str(path), progress=False, augment="crop", image_size=IMAGE_SIZE, device="cpu")
@@ -37,7 +28,7 @@ def tiny_run(path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, one_thread):
+def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return dict(
         det=tiny_run(root / "det", seed=0),

@@ -8,15 +8,6 @@ from resnets.evaluate import EvalOutput, predict_dataset, save_predictions
 from resnets.methods import SWAG, BatchEnsemble, DeepEnsemble, MCDropout, Method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on shared cores they oversubscribe.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_resnet(seed=0, **overrides):
     torch.manual_seed(seed)
     model = create_model("resnet20", num_classes=10, image_size=32, **overrides)

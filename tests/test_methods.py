@@ -16,16 +16,6 @@ from resnets.methods.batchensemble import BatchEnsembleConv2d, BatchEnsembleLine
 from resnets.methods.swag import flatten_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on shared cores they oversubscribe
-    # (10-100x slower); restored so other test modules keep their setting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_resnet(seed=0, **overrides):
     torch.manual_seed(seed)
     return create_model("resnet20", num_classes=10, image_size=32, **overrides)

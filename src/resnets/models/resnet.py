@@ -79,17 +79,17 @@ class Downsample(nn.Module):
         return self.bn(self.conv(self.pool(x)))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What every block shares: relu(drop_path(se(residual(x))) + shortcut(x)).
+
+    Subclasses define the residual branch and name its last BN (zero-initialised so that
+    each block starts as the identity).
+    """
+
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int, downsample: nn.Module | None,
-                 se_channels: int = 0, drop_path_rate: float = 0.0):
+    def __init__(self, out_ch: int, downsample: nn.Module | None, se_channels: int, drop_path_rate: float):
         super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = conv3x3(in_ch, width, stride)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, out_ch)
-        self.bn2 = nn.BatchNorm2d(out_ch)
         self.se = SqueezeExcite(out_ch, se_channels) if se_channels else None
         self.drop_path = StochasticDepth(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
@@ -97,11 +97,10 @@ class BasicBlock(nn.Module):
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
+        raise NotImplementedError
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out))
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -115,25 +114,40 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class Bottleneck(BasicBlock):
+class BasicBlock(ResidualBlock):
+    """3x3 -> BN-ReLU -> 3x3 -> BN (ResNet-18/34 and the CIFAR-style ResNets)."""
+
+    def __init__(self, in_ch: int, width: int, stride: int, downsample: nn.Module | None,
+                 se_channels: int = 0, drop_path_rate: float = 0.0):
+        super().__init__(width, downsample, se_channels, drop_path_rate)
+        self.conv1 = conv3x3(in_ch, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+
+class Bottleneck(ResidualBlock):
     """1x1 reduce -> 3x3 (carries the stride, as in torchvision's "ResNet v1.5") -> 1x1 expand x4."""
 
     expansion = 4
 
     def __init__(self, in_ch: int, width: int, stride: int, downsample: nn.Module | None,
                  se_channels: int = 0, drop_path_rate: float = 0.0):
-        nn.Module.__init__(self)
-        out_ch = width * self.expansion
+        super().__init__(width * self.expansion, downsample, se_channels, drop_path_rate)
         self.conv1 = conv1x1(in_ch, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, out_ch)
-        self.bn3 = nn.BatchNorm2d(out_ch)
-        self.se = SqueezeExcite(out_ch, se_channels) if se_channels else None
-        self.drop_path = StochasticDepth(drop_path_rate) if drop_path_rate else None
-        self.downsample = downsample
-        self.relu = nn.ReLU(inplace=True)
+        self.conv3 = conv1x1(width, width * self.expansion)
+        self.bn3 = nn.BatchNorm2d(width * self.expansion)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -271,7 +285,7 @@ class ResNet(nn.Module):
         if zero_init_last_bn:
             # Each residual block starts as the identity, which makes deep nets train at high LR.
             for m in self.modules():
-                if isinstance(m, BasicBlock):
+                if isinstance(m, ResidualBlock):
                     nn.init.zeros_(m.last_bn.weight)
         if head_init == "zero":
             nn.init.zeros_(self.fc.weight)
