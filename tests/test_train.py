@@ -241,3 +241,15 @@ def test_deep_ensemble_trains_members_with_consecutive_seeds(tmp_path):
     # -log of a mean probability never exceeds the mean of -logs (Jensen).
     assert res["tst/nll"] <= res["tst/member/nll"] + 1e-9
     assert "tst/diversity/disagreement" in res
+
+
+def test_fp16_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, monkeypatch):
+    import functools
+
+    # A loss scale this large overflows every fp16 backward pass: each step must be skipped.
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 120))
+    cfg = TrainConfig(data="digits", image_size=16, iters="4", eval_every="2", batch_size=16, eval_batch_size=512,
+                      precision="fp16", progress=False, out=str(tmp_path / "run"))
+    res = train(cfg)  # skipped steps are not divergence: no error
+    assert res["nan_grad_steps"] == 4 and res["precision"] == "fp16"
+
