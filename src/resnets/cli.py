@@ -1,33 +1,31 @@
-"""The `resnets` command: one subcommand per job, each flag defined here or in the module it feeds."""
+"""The `resnets` command: one subcommand per job.
+
+`train` takes one flag per TrainConfig field (config.py), read by train.py under the same
+name; `eval`, `bench` and `report` define their flags in the module that reads them.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
-
 import dataclasses
+import sys
 import types
 import typing
 
+from .config import TrainConfig
 from .errors import UserError
 
 
-def _flag_type(annotation):
+def _flag_type(field_name: str) -> type:
     """The argparse type of a TrainConfig field from its annotation ('int | None' -> int)."""
-    hint = typing.get_type_hints(_train_config_class())[annotation]
+    hint = typing.get_type_hints(TrainConfig)[field_name]
     args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
     return args[0]
-
-
-def _train_config_class():
-    from .config import TrainConfig
-
-    return TrainConfig
 
 
 def add_train_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; defaults are None so that only given flags override."""
     group = parser.add_argument_group("recipe (any preset field can be overridden)")
-    for f in dataclasses.fields(_train_config_class()):
+    for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -41,12 +39,11 @@ def add_train_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _given_overrides(args: argparse.Namespace) -> dict:
-    names = [f.name for f in dataclasses.fields(_train_config_class()) if f.name != "preset"]
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .presets import PRESETS, get_preset
     from .train import resume_config, train, train_deep_ensemble
 
@@ -94,7 +91,8 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnets", description=__doc__)
+    parser = argparse.ArgumentParser(prog="resnets", description="Train, evaluate and benchmark ResNet-family "
+                                     "image classifiers with calibrated uncertainty.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (no arguments: ResNet-20 on the bundled digits)")
