@@ -103,14 +103,14 @@ class ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.residual(x)
         if self.se is not None:
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        # In place: `out` is a fresh activation that no backward function needs again.
-        out += shortcut
+        # The projection runs last so that its output is not held through the whole branch;
+        # the add is in place since `out` is a fresh activation no backward function needs.
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
