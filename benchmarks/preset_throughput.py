@@ -35,7 +35,8 @@ SEED001_RTX3090 = {
 def measure(preset: str, iters: int, data_dir: str | None, device: str, extra: dict) -> dict:
     values = get_preset(preset)
     if data_dir is None:
-        values.update(data="synthetic", val_size=None)
+        # Synthetic images live in memory, where RandAugment (a per-image JPEG-path transform) is not run.
+        values.update(data="synthetic", val_size=None, randaugment_magnitude=None)
     else:
         values.update(data_dir=data_dir)
     values.update(iters=str(iters), eval_every=str(iters // 2), device=device, progress=False, preset=preset, **extra)

@@ -253,3 +253,21 @@ def test_fp16_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, 
     res = train(cfg)  # skipped steps are not divergence: no error
     assert res["nan_grad_steps"] == 4 and res["precision"] == "fp16"
 
+
+
+@pytest.mark.parametrize("preset", ["resnetrs50-i160", "ub-imagenet-resnet50-batchensemble",
+                                    "imagenet-resnet50x1-b2048-fp16"])
+def test_imagenet_presets_run_on_jpeg_folders(tmp_path, preset):
+    # RandAugment, label smoothing, EMA, epoch-based schedules and BatchEnsemble on the JPEG path,
+    # shrunk to 32 px and a handful of images.
+    data = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        write_image_folders(data / split, ["n01", "n02", "n03"], per_folder=4)
+    out = tmp_path / "run"
+    assert run_cli("--preset", preset, "--data-dir", data, "--out", out, "--image-size", 32, "--batch-size", 4,
+                   "--iters", 2, "--warmup", 1, "--eval-every", 1, "--precision", "fp32", "--num-workers", 0,
+                   "--no-eval-train",
+                   "--no-progress") == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["config"]["preset"] == preset and saved["resolved"]["steps_per_epoch"] == 3
+    assert results(out)["val/acc"] is not None
