@@ -27,7 +27,8 @@ except ImportError:  # run from a checkout without installing
 
 import torch
 
-from resnets.bench import benchmark, device_name
+from resnets.bench import benchmark  # noqa: E402
+from resnets.devices import device_name  # noqa: E402
 
 PAIRS = ("resnet50", "resnetrs50")
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnets.config import TrainConfig  # noqa: E402
 from resnets.presets import get_preset  # noqa: E402
-from resnets.train import device_description, resolve_device, train  # noqa: E402
+from resnets.devices import device_description, resolve_device  # noqa: E402
+from resnets.train import train  # noqa: E402
 
 # Seed 001, CIFAR-10 rows, one RTX 3090 (iter/min over the last 5k of 48k iterations).
 SEED001_RTX3090 = {

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnets import create_model  # noqa: E402
 from resnets.config import TrainConfig  # noqa: E402
-from resnets.train import device_description, resolve_device, train  # noqa: E402
+from resnets.devices import device_description, resolve_device  # noqa: E402
+from resnets.train import train  # noqa: E402
 
 
 def bare_step_img_per_sec(model_name: str, batch: int, iters: int, device: torch.device, channels_last: bool) -> float:

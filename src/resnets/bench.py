@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import PRECISIONS, device_name, resolve_device
 from .errors import UserError
 from .models import create_model, list_models
 from .models.stats import count_flops, count_parameters
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("train", "infer", "both")
 PEERS = ("timm", "torchvision")
 # Seed 003's latency protocol: the first batch tried, halved until a step fits.
@@ -43,30 +41,6 @@ _LR = 1e-3
 
 
 # ---------------------------------------------------------------- machine description
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_cores() -> int:
-    # Affinity, not os.cpu_count(): containers and job schedulers often pin us to fewer cores.
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({cpu_cores()} cores, {torch.get_num_threads()} torch threads)"
-
 
 def _peak_rss_mb() -> float | None:
     try:
@@ -111,11 +85,6 @@ def _import_peer(library: str):
             f"--compare {library} needs the {library} package, which cannot be imported here ({e}). "
             f"Install it (pip install {library}) or leave out --compare."
         ) from None
-
-
-def peer_model_names(library: str) -> list[str]:
-    module = _import_peer(library)
-    return list(module.list_models())
 
 
 def build_peer(library: str, name: str, num_classes: int) -> nn.Module:
@@ -275,21 +244,6 @@ def _summary(timed: _Timed, mode: str, batch_size: int, memory_kind: str) -> dic
     }
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device torch knows: expected cpu or cuda.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: expected cpu or cuda.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but torch sees no CUDA device here "
-                        "(torch.cuda.is_available() is False); use --device cpu.")
-    return device
-
-
 def _check_positive(flag: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int) or value < minimum:
         raise UserError(f"{flag} must be an integer >= {minimum}, got {value!r}.")
@@ -335,7 +289,7 @@ def benchmark(
     _check_positive("--num-classes", num_classes)
     if image_size is not None:
         _check_positive("--image-size", image_size)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     dtype = PRECISIONS[precision]
     modes = ["train", "infer"] if mode == "both" else [mode]
 
@@ -521,7 +475,7 @@ def _parse_batch_size(value: str | int | None, device: torch.device) -> int | st
 
 
 def run(args: argparse.Namespace) -> int:
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     result = benchmark(
         args.model,
         image_size=args.image_size,

@@ -51,12 +51,6 @@ def broadcast_object(env: DistEnv, value):
     return holder[0]
 
 
-def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
-    if env.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def shutdown(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()

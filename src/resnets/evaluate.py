@@ -6,7 +6,6 @@ members. A single pass may still have members of its own (BatchEnsemble, MC drop
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -19,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import PRECISIONS, autocast, resolve_device, resolve_precision
 from .errors import UserError
 from .methods.base import Method
 from .metrics import ClassificationMetrics
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -32,13 +31,6 @@ class EvalOutput:
     probs: torch.Tensor | None  # N×C on the CPU; None when predictions were not kept
     labels: torch.Tensor  # N on the CPU (kept even when streaming: it is only N integers)
     member_probs: torch.Tensor | None  # M×N×C on the CPU, or None (no members, or not kept)
-
-
-def _autocast(precision: str, device: torch.device):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _single_pass(method: Method) -> bool:
@@ -54,13 +46,13 @@ def _run_pass(model: nn.Module, method: Method, batches: Iterable, precision: st
     probs/members as CPU tensors when `keep`, else None."""
     probs, members, labels, sizes = [], [], [], []
     for x, y in batches:
-        with _autocast(precision, x.device):
+        with autocast(x.device, precision):
             pred = method.predict(model, x)
         p = pred.probs.float()
         mp = None if pred.member_probs is None else pred.member_probs.float()
         if metrics is not None:
             metrics.update(p, y, mp)
-        labels.append(y.detach().cpu())
+        labels.append(y.detach())  # moved to the CPU once, after the pass: no sync per batch
         sizes.append(y.shape[0])
         if keep:
             probs.append(p.cpu())
@@ -70,7 +62,7 @@ def _run_pass(model: nn.Module, method: Method, batches: Iterable, precision: st
         raise UserError("the evaluation data gave no batches; check the evaluation split is not empty.")
     return (torch.cat(probs) if keep else None,
             torch.cat(members, dim=1) if keep and members else None,
-            torch.cat(labels), sizes)
+            torch.cat(labels).cpu(), sizes)
 
 
 def predict_dataset(model: nn.Module, method: Method,
@@ -587,7 +579,6 @@ def run(args) -> int:
     """`resnets eval`: evaluate, print a table, write eval.json (see add_arguments)."""
     from .data import FolderSplit, TensorSplit
     from .runs import architecture, read_run
-    from .train import resolve_device, resolve_precision
 
     _check_pairs(args)
     corruptions = parse_corruptions(args.corruptions) if args.corruptions else []

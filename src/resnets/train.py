@@ -7,13 +7,11 @@ final evaluation and results.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,10 +29,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .checkpoint import export_weights, load_checkpoint, save_checkpoint
 from .config import EXECUTION_FIELDS, Schedule, TrainConfig, default_run_name, resolve_schedule
 from .data import DatasetBundle, eval_batches, load_dataset, steps_per_epoch, train_batches
+from .devices import autocast, device_description, resolve_device, resolve_precision
 from .distributed import DistEnv, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
+from .evaluate import Restartable, predict_dataset
 from .methods import Method, build_method
-from .metrics import ClassificationMetrics
 from .models import create_model
 from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
@@ -50,49 +49,6 @@ THROUGHPUT_WINDOW = 5000
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but this machine has no usable CUDA GPU: use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"--precision {name!r} is unknown: expected auto, fp32, bf16 or fp16")
-    return name
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def device_description(device: torch.device, world_size: int = 1) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{world_size}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({cpu}, {torch.get_num_threads()} threads) x{world_size}"
 
 
 def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> nn.Module:
@@ -313,20 +269,11 @@ class _Trainer:
                             std=self.data.std, image_size=self.data.image_size, channels_last=self.channels_last,
                             num_workers=self.num_workers)
 
-    @torch.no_grad()
     def evaluate_split(self, split, prefix: str) -> dict[str, float]:
-        """One streaming pass with the method's predict (periodic evaluation; rank 0 only)."""
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        metrics = ClassificationMetrics(self.data.num_classes, device=self.device)
-        for x, y in self._eval_iter(split):
-            with autocast(self.device, self.precision):
-                prediction = self.method.predict(model, x)
-            metrics.update(prediction.probs.float(), y,
-                           None if prediction.member_probs is None else prediction.member_probs.float())
-        model.train(was_training)
-        return {f"{prefix}/{k}": v for k, v in metrics.compute().items() if k != "count"}
+        """Metrics of the evaluation weights on `split` under the method's prediction (rank 0 only)."""
+        out = predict_dataset(self.eval_model, self.method, lambda: self._eval_iter(split), self.data.num_classes,
+                              precision=self.precision, keep_predictions=False)
+        return {f"{prefix}/{k}": v for k, v in out.metrics.items() if k != "count"}
 
     def evaluate(self, train_stats: dict[str, float]) -> dict[str, float]:
         results: dict[str, float] = dict(train_stats)
@@ -531,8 +478,6 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, p
 
 
 def _finish(trainer: _Trainer) -> dict[str, Any]:
-    from .evaluate import Restartable, predict_dataset
-
     cfg, data, env, progress = trainer.cfg, trainer.data, trainer.env, trainer.progress
     method = trainer.method
     final: dict[str, float] = {}
@@ -544,19 +489,17 @@ def _finish(trainer: _Trainer) -> dict[str, Any]:
         progress.best = {}
     test_ms = None
     if env.is_main:
-        model = trainer.eval_model
         for split, prefix in ((data.val, "val"), (data.test, "tst")):
             # Test is always run once more, to time it; its metrics replace the best-val ones
             # only where the final weights are the result (SWA/SWAG) or there was no validation.
             if split is None or (prefix == "val" and not finalizes):
                 continue
             start = time.perf_counter()
-            out = predict_dataset(model, method, lambda s=split: trainer._eval_iter(s), data.num_classes,
-                                  precision=trainer.precision, keep_predictions=False)
+            metrics = trainer.evaluate_split(split, prefix)
             if prefix == "tst":
                 test_ms = 1000 * (time.perf_counter() - start) / max(len(split), 1)
             if finalizes or not progress.best:
-                final.update({f"{prefix}/{k}": v for k, v in out.metrics.items() if k != "count"})
+                final.update(metrics)
         if cfg.eval_train:
             final.update(trainer.evaluate_split(data.train, "trn"))
         if finalizes:
@@ -600,7 +543,7 @@ def train_deep_ensemble(cfg: TrainConfig, resume: bool = False) -> dict[str, Any
 
     A resume continues the member that was interrupted and skips finished ones.
     """
-    from . import evaluate
+    from . import evaluate  # the `resnets eval` command itself, run on the members
 
     if cfg.ensemble_size < 2:
         raise UserError(f"--ensemble-size {cfg.ensemble_size}: a deep ensemble needs at least 2 members")
