@@ -61,8 +61,14 @@ def test_contract(name, size):
     assert mad(s1, images) > 0 and mad(s5, images) > 0
     if name not in DETERMINISTIC:
         assert not torch.equal(corrupt(images, name, 5, seed=1), s5)
-    if name != "elastic_transform":
+    if name not in NOT_MONOTONE:
         assert mad(s5, images) > mad(s1, images)
+
+
+# Published parameters whose pixel change from the clean image does not grow with severity (see
+# the two tests below).
+NOT_MONOTONE = {"elastic_transform", "frost"}
+needs_frost = pytest.mark.skipif("frost" not in CORRUPTIONS, reason=f"frost needs: {C.FROST_INSTALL}")
 
 
 def test_elastic_severity_follows_the_published_parameters():
@@ -73,6 +79,51 @@ def test_elastic_severity_follows_the_published_parameters():
     assert severity_parameter("elastic_transform", 5, "cifar") == (0.1, 0.03, 0.03)
     # severity 1 (alpha = 0): a global affine; severity 5: a non-affine displacement
     assert mad(cached("elastic_transform", 32, 5), IMAGES[32]) > 0
+
+
+@needs_frost
+def test_frost_severity_follows_the_published_parameters():
+    # Frost is c0 * image + c1 * frost photograph, clipped: c1 / c0 grows with severity, but
+    # severity 1 (c0 = 1) pushes bright pixels into the clip while severity 5 also darkens the
+    # image, so the mean absolute change need not grow. The image's share of the result does
+    # shrink: its correlation with the clean image falls.
+    for param_set in C.PARAM_SETS:
+        ratios = [c1 / c0 for c0, c1 in (severity_parameter("frost", s, param_set) for s in range(1, 6))]
+        assert ratios == sorted(ratios) and len(set(ratios)) == 5, param_set
+    for size in (32, 64):
+        images = IMAGES[size].double().flatten(1)
+        corr = [torch.stack([torch.corrcoef(torch.stack([a, b]))[0, 1]
+                             for a, b in zip(cached("frost", size, s).double().flatten(1), images)]).mean()
+                for s in (1, 5)]
+        assert corr[1] < corr[0], size
+
+
+def test_frost_availability_follows_the_imagecorruptions_package():
+    assert ("frost" in CORRUPTIONS) == (C._frost_directory() is not None)
+    assert ("frost" in C.LEFT_OUT) == ("frost" not in CORRUPTIONS)
+
+
+def test_frost_without_the_imagecorruptions_package_names_the_install_command(monkeypatch):
+    real_find_spec = C.importlib.util.find_spec
+    monkeypatch.setattr(C.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "imagecorruptions" else real_find_spec(name, *args))
+    assert C._frost_directory() is None
+    # what the module sets up when the package is missing
+    monkeypatch.setattr(C, "CORRUPTIONS", tuple(n for n in CORRUPTIONS if n != "frost"))
+    monkeypatch.setattr(C, "LEFT_OUT", {"frost": C._FROST_MISSING})
+    C._frost_photo.cache_clear()
+    C._frost_layer.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"'frost' is left out.*pip install imagecorruptions-imaug"):
+            corrupt(IMAGES[32], "frost", 1)
+        with pytest.raises(UserError, match="pip install imagecorruptions-imaug"):
+            C.severity_parameter("frost", 1, "cifar")
+        # and if the images vanish after import, the corruption itself says the same
+        with pytest.raises(UserError, match="pip install imagecorruptions-imaug"):
+            C._frost(IMAGES[32], (1, 0.2), C._Random(0, 4), {"param_set": "cifar"})
+    finally:
+        C._frost_photo.cache_clear()
+        C._frost_layer.cache_clear()
 
 
 def test_non_square_images_and_any_size():
@@ -86,7 +137,7 @@ def test_per_image_seeds_make_each_image_independent_of_its_batch():
     images = IMAGES[32]
     seeds = [10, 11, 12, 13]
     for name in ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur",
-                 "snow", "fog", "elastic_transform"):
+                 "snow", "fog", "elastic_transform", *(("frost",) if "frost" in CORRUPTIONS else ())):
         batch = corrupt(images, name, 3, seed=seeds)
         for i in (0, 3):
             alone = corrupt(images[i:i + 1], name, 3, seed=[seeds[i]])
@@ -107,8 +158,9 @@ def test_unknown_name_lists_the_valid_ones():
     images = IMAGES[32]
     with pytest.raises(UserError, match="gaussian_noise.*jpeg_compression"):
         corrupt(images, "gausian_noise", 1)
-    with pytest.raises(UserError, match="frost.*left out"):
-        corrupt(images, "frost", 1)
+    if "frost" in C.LEFT_OUT:  # without the imagecorruptions package
+        with pytest.raises(UserError, match="frost.*left out.*pip install imagecorruptions-imaug"):
+            corrupt(images, "frost", 1)
 
 
 @pytest.mark.parametrize("severity", [0, 6, -1, 2.5, "3", True])
@@ -395,5 +447,5 @@ def test_imagenet_sized_images():
     for name in CORRUPTIONS:
         s1, s5 = corrupt(images, name, 1), corrupt(images, name, 5)
         assert s1.shape == images.shape and s5.dtype == torch.uint8
-        if name != "elastic_transform":
+        if name not in NOT_MONOTONE:
             assert mad(s5, images) > mad(s1, images), name

@@ -38,6 +38,10 @@ the same *distribution* as the reference rather than the same draws):
   width 2 * ceil(radius) + 1 along the angle, integer pixel offsets, edge pixels repeated, result
   rounded to 8 bits);
 * zoom_blur (scipy ``zoom(order=1)`` of the central crop, as ``clipped_zoom``);
+* frost (a random crop of one of the five frost photographs the scripts draw from, shrunk first
+  by OpenCV's INTER_LINEAR resize with fx = fy = 0.2 for CIFAR and 0.3 for Tiny ImageNet,
+  reproduced bit for bit, and mixed as clip(c0 * image + c1 * frost); the photographs are read
+  from the installed imagecorruptions-imaug package, see below);
 * snow, fog (the diamond-square plasma fractal), brightness (V channel of skimage's HSV),
   contrast, elastic_transform (OpenCV ``warpAffine`` with its 1/32-pixel fixed-point
   coordinates, then a Gaussian-smoothed displacement field and scipy ``map_coordinates(order=1,
@@ -48,7 +52,12 @@ the same *distribution* as the reference rather than the same draws):
 Float results become uint8 by truncation, as ``np.uint8(...)`` does in the reference (motion
 blur rounds, as ImageMagick's 8-bit output does). Tests check glass_blur, zoom_blur and pixelate
 pixel for pixel against the reference code run with scipy/Pillow, and the filters, zoom,
-bilinear sampling and HSV conversions against scipy.ndimage and colorsys. Remaining differences:
+bilinear sampling and HSV conversions against scipy.ndimage and colorsys.
+``tests/test_corruptions_reference.py`` checks every corruption against the imagecorruptions
+package (ImageNet-C parameters): the deterministic ones pixel for pixel, fog, snow and motion blur
+given the same random draws, the noises, glass blur and frost statistically, and
+elastic_transform (which that package replaces by another procedure) and the CIFAR/Tiny frost
+against the published procedure run with OpenCV. Remaining differences:
 floating-point rounding (a pixel can land one grey level apart where a value sits on an integer
 boundary), the random draws themselves, and two things the reference does outside the
 corruption: ImageNet-C images were stored as JPEG (quality 85) after corrupting, which is not
@@ -58,13 +67,18 @@ Cost: everything is batched tensor work except JPEG (Pillow, per image) and glas
 reference loop is sequential over pixels (batched over images): about 30 ms per 32 px batch and
 under a second per 224 px batch on one CPU core.
 
-Left out:
+Frost blends crops of the authors' frost photographs, which this package does not include. The
+imagecorruptions-imaug package (Apache-2.0; ``pip install imagecorruptions-imaug``, or the
+``corruptions`` extra) ships them, and frost reads them from its install folder without importing
+it. With it installed, frost is in :data:`CORRUPTIONS`; without it, frost is in :data:`LEFT_OUT`
+and asking for it raises a UserError that names the install command (a synthetic texture would
+give numbers not comparable with published frost results). The photographs are cropped at their
+published scale whatever the image size; an image too large for that (taller than 62 px with the
+CIFAR parameters, e.g. 64 px images by default, 93 px with the Tiny ImageNet ones, 314 px with
+the ImageNet ones) gets the photograph enlarged just enough, which the reference does not define.
 
-* frost: it blends crops of six frost photographs shipped with the authors' code; without those
-  images there is no faithful version, and a synthetic texture would give numbers not comparable
-  with published frost results. It is not in :data:`CORRUPTIONS`.
-* The four extra "validation" corruptions (speckle_noise, gaussian_blur, spatter, saturate) are
-  not part of the 15 benchmark types and are not implemented.
+Left out: the four extra "validation" corruptions (speckle_noise, gaussian_blur, spatter,
+saturate) are not part of the 15 benchmark types and are not implemented.
 
 Randomness: ``seed`` is an int (one generator for the whole batch: the batch is deterministic,
 but image i's corruption depends on the batch it is in) or a sequence of N ints, one per image
@@ -76,9 +90,12 @@ the arithmetic is float64).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -88,15 +105,40 @@ from ..errors import UserError
 
 __all__ = ["CORRUPTIONS", "LEFT_OUT", "PARAM_SETS", "corrupt", "default_param_set", "severity_parameter"]
 
+# Frost blends crops of the authors' frost photographs. They are not part of this package; the
+# imagecorruptions-imaug package (Apache-2.0) ships them, and they are read from its install
+# folder. The reference draws np.random.randint(5) over a list of six files, so frost6.jpg
+# never appears in the published datasets.
+FROST_INSTALL = "pip install imagecorruptions-imaug"
+_FROST_FILES: tuple[str, ...] = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+
+
+def _frost_directory() -> Path | None:
+    """The ``frost`` folder of the installed imagecorruptions package, or None.
+
+    ``find_spec`` locates the package without importing it (its ``__init__`` imports OpenCV,
+    numba and scikit-image, none of which is needed to read six images)."""
+    try:
+        spec = importlib.util.find_spec("imagecorruptions")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        folder = Path(location) / "frost"
+        if all((folder / name).is_file() for name in _FROST_FILES):
+            return folder
+    return None
+
+
+_FROST_MISSING = ("it blends crops of the authors' frost photographs, which ship with the imagecorruptions-imaug "
+                  f"package (Apache-2.0) and not with resnets; install it with: {FROST_INSTALL}")
+
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "fog", "brightness", "contrast",
+    "snow", *(("frost",) if _frost_directory() is not None else ()), "fog", "brightness", "contrast",
     "elastic_transform", "pixelate", "jpeg_compression",
 )
-LEFT_OUT: dict[str, str] = {
-    "frost": "needs the frost photographs shipped with the authors' code, which this package cannot include",
-}
+LEFT_OUT: dict[str, str] = {} if "frost" in CORRUPTIONS else {"frost": _FROST_MISSING}
 PARAM_SETS: tuple[str, ...] = ("cifar", "tinyimagenet", "imagenet")
 
 # Published severity parameters, severity 1..5, per parameter set.
@@ -112,6 +154,8 @@ _PARAMS: dict[str, dict[str, list]] = {
         "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
                  (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
                  (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+        # (image weight, frost weight); frost photographs shrunk by _FROST_SCALE first
+        "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
         "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
         "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
         "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
@@ -132,6 +176,7 @@ _PARAMS: dict[str, dict[str, list]] = {
         "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.8), (0.1, 0.2, 1, 0.5, 10, 4, 0.8),
                  (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
                  (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)],
+        "frost": [(1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)],
         "fog": [(0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)],
         "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
         "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
@@ -151,6 +196,7 @@ _PARAMS: dict[str, dict[str, list]] = {
         "snow": [(0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
                  (0.55, 0.3, 4, 0.9, 12, 8, 0.7), (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
                  (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)],
+        "frost": [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)],
         "fog": [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)],
         "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
         "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
@@ -162,6 +208,11 @@ _PARAMS: dict[str, dict[str, list]] = {
         "jpeg_compression": [25, 18, 15, 10, 7],
     },
 }
+
+
+# cv2.resize(frost, (0, 0), fx=f, fy=f) before cropping: 0.2 for CIFAR-10-C, 0.3 for
+# Tiny-ImageNet-C; ImageNet-C crops the photographs at full size.
+_FROST_SCALE: dict[str, float] = {"cifar": 0.2, "tinyimagenet": 0.3, "imagenet": 1.0}
 
 
 def default_param_set(height: int, width: int) -> str:
@@ -723,6 +774,88 @@ def _jpeg_compression(img, quality, rng, ctx):
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(img.device)
 
 
+def _cv_linear_taps(n_in: int, n_out: int, scale: float) -> tuple[torch.Tensor, ...]:
+    """cv2.resize(INTER_LINEAR) taps along one axis: output o samples input (o + 0.5) * scale - 0.5
+    (float32), clamped to the edge pixels; returns the two source indices and OpenCV's 11-bit
+    fixed-point weights (saturate_cast<short>(w * 2048), rounding half to even)."""
+    coords = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    lo = np.floor(coords).astype(np.int64)
+    frac = (coords - lo).astype(np.float32)
+    frac[(lo < 0) | (lo >= n_in - 1)] = 0
+    lo = np.clip(lo, 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w0 = np.round((np.float32(1) - frac) * 2048).astype(np.int64)
+    w1 = np.round(frac * 2048).astype(np.int64)
+    return tuple(torch.from_numpy(a) for a in (lo, hi, w0, w1))
+
+
+def _cv_resize_u8(x: torch.Tensor, out_h: int, out_w: int, scale_h: float, scale_w: float) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of uint8 ... x H x W in OpenCV's integer arithmetic: a horizontal
+    pass into 2048-scaled ints, then the vertical pass as its vectorised 8-bit path computes it
+    (VResizeLinearVec_32s8u: (((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16), + 2, >> 2).
+    Bit-exact against cv2.resize with a fixed fx (0.2, 0.3) on the frost photographs."""
+    h, w = x.shape[-2:]
+    lo, hi, a0, a1 = _cv_linear_taps(w, out_w, scale_w)
+    v = x.to(torch.int64)
+    rows = v.index_select(-1, lo) * a0 + v.index_select(-1, hi) * a1  # ... x H x out_w
+    lo, hi, b0, b1 = _cv_linear_taps(h, out_h, scale_h)
+    top = ((rows.index_select(-2, lo) >> 4) * b0.view(-1, 1)) >> 16
+    bottom = ((rows.index_select(-2, hi) >> 4) * b1.view(-1, 1)) >> 16
+    return ((top + bottom + 2) >> 2).clamp(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _frost_photo(index: int) -> torch.Tensor:
+    """Frost photograph ``index`` (0..4) as uint8 3 x H x W RGB: cv2.imread(...)[..., ::-1], i.e.
+    alpha dropped, not composited (PIL's RGBA -> RGB conversion does the same)."""
+    from PIL import Image
+
+    folder = _frost_directory()
+    if folder is None:
+        raise UserError(f"corruption 'frost' is left out: {_FROST_MISSING}.")
+    with Image.open(folder / _FROST_FILES[index]) as photo:
+        arr = np.asarray(photo.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _frost_layer(index: int, scale: float, height: int, width: int) -> torch.Tensor:
+    """Photograph ``index`` resized as the reference does before cropping an image of height x
+    width out of it: cv2.resize(photo, (0, 0), fx=scale, fy=scale) (INTER_LINEAR, size rounded),
+    none at scale 1. The reference needs the resized photograph to be larger than the image on
+    both sides (it crops at np.random.randint(0, side - size)); where it is not (images larger
+    than the published size for the parameter set, e.g. 64 px ones with the CIFAR parameters), it
+    is enlarged just enough instead, an extension the reference does not define."""
+    photo = _frost_photo(index)
+    ph, pw = photo.shape[-2:]
+    out_h, out_w = round(ph * scale), round(pw * scale)  # cvRound: half to even, as round()
+    scale_h = scale_w = 1.0 / scale
+    if out_h <= height or out_w <= width:
+        grow = max((height + 1) / ph, (width + 1) / pw)
+        out_h, out_w = max(math.ceil(ph * grow), height + 1), max(math.ceil(pw * grow), width + 1)
+        scale_h, scale_w = ph / out_h, pw / out_w
+    if (out_h, out_w) == (ph, pw):
+        return photo
+    return _cv_resize_u8(photo, out_h, out_w, scale_h, scale_w)
+
+
+def _frost(img, c, rng, ctx):
+    weight_image, weight_frost = c
+    n, ch, h, w = img.shape
+    scale = _FROST_SCALE[ctx["param_set"]]
+    which = rng.randint((), 0, len(_FROST_FILES)).tolist()  # np.random.randint(5)
+    starts = rng.uniform((2,), 0, 1)  # np.random.randint(0, side - size), per side
+    crops = []
+    for i, index in enumerate(which):
+        layer = _frost_layer(index, scale, h, w)
+        top = int(starts[i, 0].item() * (layer.shape[1] - h))
+        left = int(starts[i, 1].item() * (layer.shape[2] - w))
+        crops.append(layer[:, top:top + h, left:left + w])
+    frost = torch.stack(crops).to(img.device, torch.float64)
+    # np.clip(c0 * x + c1 * frost, 0, 255) on 0..255 values, then np.uint8 truncates
+    return (weight_image * img.to(torch.float64) + weight_frost * frost).clamp(0, 255).to(torch.uint8)
+
+
 _FUNCTIONS = {
     "gaussian_noise": _gaussian_noise,
     "shot_noise": _shot_noise,
@@ -732,6 +865,7 @@ _FUNCTIONS = {
     "motion_blur": _motion_blur_corruption,
     "zoom_blur": _zoom_blur,
     "snow": _snow,
+    "frost": _frost,
     "fog": _fog,
     "brightness": _brightness,
     "contrast": _contrast,
@@ -750,11 +884,10 @@ def severity_parameter(name: str, severity: int, param_set: str):
 
 
 def _check_name_severity(name: str, severity: int) -> None:
-    if name not in _FUNCTIONS:
-        why = f" ({name} is left out: {LEFT_OUT[name]})" if name in LEFT_OUT else ""
-        raise UserError(
-            f"unknown corruption {name!r}{why}; expected one of: {', '.join(CORRUPTIONS)}."
-        )
+    if name in LEFT_OUT:
+        raise UserError(f"corruption {name!r} is left out: {LEFT_OUT[name]}.")
+    if name not in CORRUPTIONS:
+        raise UserError(f"unknown corruption {name!r}; expected one of: {', '.join(CORRUPTIONS)}.")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise UserError(f"corruption severity must be an integer from 1 to 5, got {severity!r}.")
 
