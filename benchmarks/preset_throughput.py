@@ -43,7 +43,7 @@ def measure(preset: str, iters: int, data_dir: str | None, device: str, extra: d
     values.update(iters=str(iters), eval_every=str(iters // 2), device=device, progress=False, preset=preset, **extra)
     with tempfile.TemporaryDirectory() as tmp:
         values["out"] = str(Path(tmp) / "run")
-        result = train(TrainConfig.from_dict(values))
+        result = train(TrainConfig.from_dict(values)).to_json()
         (half, end) = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     seconds = end["train_seconds"] - half["train_seconds"]
     result["iter_per_min"] = 60.0 * (end["iter"] - half["iter"]) / seconds

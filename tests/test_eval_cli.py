@@ -11,30 +11,16 @@ import torch
 import yaml
 
 from resnets import evaluate
-from resnets.config import TrainConfig
 from resnets.errors import UserError
+from resnets.prediction import predict_dataset
 from resnets.runs import load_run
-from resnets.train import train
+from tiny_runs import IMAGE_SIZE, make_runs, tiny_run
 
-IMAGE_SIZE = 16  # digits upsampled from 8 px: every run and evaluation here takes about a second
-
-
-def tiny_run(path, **overrides):
-    cfg = dict(data="digits", model="resnet20", iters="2", batch_size=32, eval_every="2", eval_batch_size=512,
-               out=str(path), progress=False, augment="crop", image_size=IMAGE_SIZE, device="cpu")
-    cfg.update(overrides)
-    train(TrainConfig(**cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return dict(
-        det=tiny_run(root / "det", seed=0),
-        det2=tiny_run(root / "det2", seed=1),
-        be=tiny_run(root / "be", method="batchensemble", ensemble_size=2),
-    )
+    return make_runs(tmp_path_factory.mktemp("runs"))
 
 
 def copy_run(run, dest):
@@ -77,7 +63,7 @@ def predict_direct(loaded, split, data):
 
     batches = lambda: eval_batches(split, batch_size=512, device="cpu", mean=data.mean, std=data.std,
                                    image_size=IMAGE_SIZE, num_workers=0)
-    return evaluate.predict_dataset(loaded.model, loaded.method, batches, data.num_classes)
+    return predict_dataset(loaded.model, loaded.method, batches, data.num_classes)
 
 
 def test_default_output_is_eval_json_in_the_run(runs, tmp_path):
@@ -258,7 +244,7 @@ def test_unwritable_predictions_path_fails_before_evaluating(runs, tmp_path, mon
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated although the predictions path cannot be written")
 
-    monkeypatch.setattr(evaluate, "predict_dataset", no_evaluation)
+    monkeypatch.setattr(evaluate, "evaluate_runs", no_evaluation)
     with pytest.raises(UserError, match="--save-predictions.*does not exist"):
         evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--save-predictions",
                       tmp_path / "missing" / "preds.npz")
@@ -271,9 +257,12 @@ def test_unwritable_predictions_path_fails_before_evaluating(runs, tmp_path, mon
 
 
 def test_unknown_corruption_lists_the_known_ones(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "predict_dataset", None)  # must fail before any evaluation
+    monkeypatch.setattr(evaluate, "evaluate_runs", None)  # must fail before any evaluation
     with pytest.raises(UserError, match="'fog_of_war'.*gaussian_noise"):
         evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--corruptions", "contrast,fog_of_war")
+    # A corruption whose optional package is missing says why (frost without imagecorruptions).
+    monkeypatch.setattr(evaluate, "CORRUPTIONS", tuple(k for k in evaluate.CORRUPTIONS if k != "frost"))
+    monkeypatch.setattr(evaluate, "LEFT_OUT", {"frost": "it needs the frost photographs of imagecorruptions"})
     with pytest.raises(UserError, match="frost.*left out"):
         evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--corruptions", "frost")
     with pytest.raises(UserError, match="--severities"):

@@ -112,11 +112,24 @@ def test_batchensemble_resnet50_parameter_count():
         deterministic = sum(p.numel() for p in model.parameters())
         BatchEnsemble(ensemble_size=4).prepare_model(model)
         converted = sum(p.numel() for p in model.parameters())
-    # uncertainty-baselines: 25.6M deterministic, 25.8M BatchEnsemble (M=4). The overhead is
-    # r and s of every conv and of the head (4 x (in + out) each), plus 4 head biases instead of 1.
-    print(f"ResNet-50: deterministic {deterministic:,}, BatchEnsemble M=4 {converted:,}")
-    assert deterministic == 25_557_032
-    assert converted == 25_768_588
+    # BatchEnsemble adds r and s to every conv and to the head (M x (in + out) each) and turns the
+    # head's bias into M biases. The convs of ResNet-50 from its architecture (GUIDE §1): the 7x7
+    # stem 3 -> 64, then per stage of width w (64, 128, 256, 512; 3, 4, 6, 3 bottlenecks) a
+    # 1x1 in -> w, a 3x3 w -> w and a 1x1 w -> 4w, plus a 1x1 in -> 4w projection in the first.
+    members, classes = 4, 1000
+    in_plus_out = 3 + 64
+    channels = 64
+    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        for block in range(blocks):
+            in_plus_out += (channels + width) + (width + width) + (width + 4 * width)
+            if block == 0:
+                in_plus_out += channels + 4 * width
+            channels = 4 * width
+    in_plus_out += channels + classes  # the head
+    expected = 25_557_032 + members * in_plus_out + (members - 1) * classes
+    assert deterministic == 25_557_032  # torchvision's count (GUIDE §1)
+    assert converted == expected
+    assert round(converted / 1e6, 1) == 25.8  # seed 000: 25.8M against 25.6M
 
 
 def test_batchensemble_head_without_bias_and_random_sign():
@@ -141,8 +154,12 @@ def test_batchensemble_param_groups():
         if kinds <= {"r", "s"}:
             assert group["lr_mult"] == 0.5 and group["weight_decay"] == 0.0
         elif any(names[id(p)] == "fc.bias" for p in group["params"]):
+            # The per-member head bias and, as uncertainty-baselines scales every variable whose
+            # name lacks 'batch_norm' and 'kernel' (its BN layers are named bn2a_branch2a...),
+            # BN's scales and shifts: the fast LR, their group's decay.
             assert group["lr_mult"] == 0.5 and group["weight_decay"] == 1e-4
-            assert len(group["params"]) == 1
+            bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+            assert {id(p) for p in group["params"]} == bn | {id(model.fc.bias)}
         else:
             assert "lr_mult" not in group and group["weight_decay"] == 1e-4
     torch.optim.SGD([{k: v for k, v in g.items() if k != "lr_mult"} for g in groups], lr=0.1)
@@ -457,7 +474,7 @@ def test_check_compatible():
 
 
 def test_build_method():
-    assert set(METHODS) == {"deterministic", "batchensemble", "mcdropout", "swa", "swag"}
+    assert set(METHODS) == {"deterministic", "batchensemble", "mcdropout", "swa", "swag", "ensemble"}
     assert type(build_method("deterministic")) is Method
     method = build_method("batchensemble", ensemble_size=2, fast_weight_lr_mult=0.5)
     assert isinstance(method, BatchEnsemble) and method.members == 2
@@ -468,3 +485,24 @@ def test_build_method():
         build_method("mcdropout", ensemble_size=2)
     with pytest.raises(UserError):
         build_method("deterministic", samples=3)
+
+
+def test_methods_are_built_from_a_config_and_say_what_they_need():
+    from resnets.config import TrainConfig
+    from resnets.methods import method_from_config
+
+    be = method_from_config(TrainConfig(method="batchensemble", ensemble_size=3, fast_weight_lr_mult=0.5))
+    assert isinstance(be, BatchEnsemble) and be.members == 3 and be.fast_weight_lr_mult == 0.5
+    swag = method_from_config(TrainConfig(method="swag", swag_rank=5, swag_samples=7, swa_start=0.5))
+    assert isinstance(swag, SWAG) and swag.rank == 5 and swag.samples == 7 and swag.start == 0.5
+    assert method_from_config(TrainConfig(method="mcdropout", mc_samples=4)).samples == 4
+    # What the loop and the evaluator ask instead of testing names: SWA/SWAG finalize and keep
+    # state; SWAG and ensembles predict in several passes; only ensembles train separate runs.
+    assert [name for name, m in METHODS.items() if m.finalizes] == ["swa", "swag"]
+    assert [name for name, m in METHODS.items() if m.stateful] == ["swa", "swag"]
+    assert [name for name, m in METHODS.items() if not m.single_pass] == ["swag", "ensemble"]
+    assert [name for name, m in METHODS.items() if m.separate_runs] == ["ensemble"]
+    with pytest.raises(UserError, match="--method ensemble"):
+        method_from_config(TrainConfig(method="ensemble"))
+    with pytest.raises(UserError, match="unknown"):
+        method_from_config(TrainConfig(method="dropconnect"))

@@ -14,11 +14,7 @@ from resnets.errors import UserError
 from resnets.metrics import (
     LOG_EPS,
     ClassificationMetrics,
-    accuracy,
-    brier,
     calibration_bins,
-    ece,
-    nll,
     ood_metrics,
     ood_scores,
 )
@@ -96,12 +92,6 @@ def test_streaming_matches_one_shot_and_torchmetrics(seed, num_classes):
     assert got["brier"] == pytest.approx(np_brier(p, y), abs=1e-6)
     assert got["ece"] == pytest.approx(np_ece(p, y), abs=1e-6)
 
-    # the one-shot functions agree with the streaming class
-    assert nll(probs, labels) == pytest.approx(got["nll"], abs=1e-9)
-    assert accuracy(probs, labels) == pytest.approx(got["acc"], abs=1e-12)
-    assert accuracy(probs, labels, k=5) == pytest.approx(got["top5"], abs=1e-12)
-    assert ece(probs, labels) == pytest.approx(got["ece"], abs=1e-9)
-    assert brier(probs, labels) == pytest.approx(got["brier"], abs=1e-9)
 
 
 def test_topk_is_capped_at_the_number_of_classes():
@@ -109,14 +99,12 @@ def test_topk_is_capped_at_the_number_of_classes():
     metrics = ClassificationMetrics(3)
     metrics.update(probs, labels)
     assert metrics.compute()["top5"] == 1.0
-    assert accuracy(probs, labels, k=5) == 1.0
 
 
 def test_nll_is_finite_when_the_true_class_has_zero_probability():
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     labels = torch.tensor([1, 0])
     expected = (-math.log(LOG_EPS) + math.log(2)) / 2
-    assert nll(probs, labels) == pytest.approx(expected)
     metrics = ClassificationMetrics(2)
     metrics.update(probs, labels)
     assert metrics.compute()["nll"] == pytest.approx(expected)
@@ -132,7 +120,9 @@ def test_ece_bins_are_open_below_closed_above():
     assert conf.tolist() == [0.0, 0.5, 0.75, 1.0]
     assert acc.tolist() == [0.0, 1.0, 0.0, 1.0]
     expected = (abs(1 - 0.5) * 1 + abs(0 - 0.75) * 1 + 0) / 4
-    assert ece(probs, labels, num_bins=4) == pytest.approx(expected)
+    metrics = ClassificationMetrics(3, num_bins=4)
+    metrics.update(probs, labels)
+    assert metrics.compute()["ece"] == pytest.approx(expected)
     assert np_ece(probs.numpy(), labels.numpy(), bins=4) == pytest.approx(expected)
 
 
@@ -140,7 +130,7 @@ def test_calibration_bins_give_the_ece():
     probs, labels = random_predictions(3, 500, 10)
     conf, acc, count = calibration_bins(probs, labels)
     assert count.sum() == 500
-    assert float(((acc - conf).abs() * count).sum() / 500) == pytest.approx(ece(probs, labels), abs=1e-12)
+    assert float(((acc - conf).abs() * count).sum() / 500) == pytest.approx(np_ece(probs.double().numpy(), labels.numpy()), abs=1e-9)
     metrics = ClassificationMetrics(10)
     metrics.update(probs[:123], labels[:123])
     metrics.update(probs[123:], labels[123:])
@@ -414,13 +404,31 @@ def test_reliability_diagram_writes_a_png(tmp_path):
     from resnets.plots import reliability_diagram, reliability_diagram_from_bins
 
     probs, labels = random_predictions(0, 500, 10)
-    reliability_diagram(probs, labels, tmp_path / "reliability.png", title="test run")
+    fig = reliability_diagram(probs, labels, tmp_path / "reliability.png", title="test run")
     assert_png(tmp_path / "reliability.png")
+    top, counts = fig.axes
+    conf, acc, count = calibration_bins(probs, labels)
+    ece_value = float(((acc - conf).abs() * count).sum() / count.sum())
+    assert top.get_title().startswith("test run\n") and f"ECE = {100 * ece_value:.2f}%" in top.get_title()
+
+    # Accuracy bars and gap bars are separate containers; the gap is narrower and drawn above
+    # the bar, translucent and unhatched, so the bar's top edge shows on both sides of it.
+    bars, gaps = top.containers
+    filled = count > 0
+    assert [round(p.get_height(), 9) for p in bars] == [round(a, 9) for a in acc[filled].tolist()]
+    for bar, gap, c, a in zip(bars, gaps, conf[filled].tolist(), acc[filled].tolist()):
+        assert gap.get_y() == pytest.approx(min(a, c)) and gap.get_height() == pytest.approx(abs(c - a))
+        assert gap.get_x() > bar.get_x() and gap.get_x() + gap.get_width() < bar.get_x() + bar.get_width()
+        assert gap.zorder > bar.zorder and gap.get_alpha() < 1 and not gap.get_hatch()
+    # Counts per bin below, each written over its bar.
+    assert [p.get_height() for p in counts.containers[0]] == count.tolist()
+    assert sorted(t.get_text() for t in counts.texts) == sorted(str(int(n)) for n in count[filled].tolist())
 
     metrics = ClassificationMetrics(10)
     metrics.update(probs, labels)
     reliability_diagram_from_bins(*metrics.calibration_bins(), tmp_path / "from_bins.png")
     assert_png(tmp_path / "from_bins.png")
+    assert reliability_diagram(probs, labels).axes  # no path: only the figure
 
 
 def test_training_curves_write_a_png(tmp_path):
@@ -431,8 +439,45 @@ def test_training_curves_write_a_png(tmp_path):
         "resnet56": [(i * 100, 0.1 + 0.85 * (1 - math.exp(-i / 12))) for i in range(40)][::-1],
         "empty": [],
     }
-    training_curves(series, tmp_path / "curves.png", ylabel="test accuracy")
+    fig = training_curves(series, tmp_path / "curves.png", ylabel="test accuracy")
     assert_png(tmp_path / "curves.png")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["resnet20", "resnet56"]
+    assert list(lines[1].get_xdata()) == sorted(lines[1].get_xdata())  # points sorted by step
+
+
+def test_aggregate_seeds_mean_and_bands():
+    from resnets.plots import aggregate_seeds
+
+    a = [(10, 1.0), (20, 0.5), (30, 0.25)]
+    b = [(10, 3.0), (20, 1.5)]
+    steps, mean, low, high, seeds = aggregate_seeds([a, b])
+    assert (steps, mean, low, high, seeds) == ([10, 20, 30], [2.0, 1.0, 0.25], [1.0, 0.5, 0.25], [3.0, 1.5, 0.25], 2)
+    _, mean, low, high, _ = aggregate_seeds([a, b], band="std")
+    assert mean[0] == 2.0 and low[0] == pytest.approx(2.0 - math.sqrt(2)) and high[0] == pytest.approx(2.0 + math.sqrt(2))
+    assert aggregate_seeds([a]) == ([10, 20, 30], [1.0, 0.5, 0.25], None, None, 1)
+    # A step logged twice (a resumed run) keeps its last value; NaN points are left out.
+    assert aggregate_seeds([[(10, 1.0), (10, 2.0), (20, float("nan"))]])[:2] == ([10], [2.0])
+    with pytest.raises(UserError, match="band"):
+        aggregate_seeds([a], band="iqr")
+
+
+def test_training_figure_draws_dense_lines_eval_markers_and_bands(tmp_path):
+    from resnets.plots import Series, training_figure
+
+    dense = Series("trn/loss", [1, 2, 3, 4], [2.3, 1.0, 0.5, 0.1], [2.2, 0.9, 0.4, 0.05], [2.4, 1.1, 0.6, 0.2], seeds=2)
+    once = Series("val/nll", [4], [0.3], dense=False)
+    lr = Series("lr", [1, 2, 3, 4], [0.1, 0.08, 0.04, 0.01])
+    fig = training_figure({"loss / NLL": [dense, once], "accuracy": [], "learning rate": [lr]},
+                          tmp_path / "run.png", title="a run", log_panels=("loss / NLL",))
+    assert_png(tmp_path / "run.png")
+    loss, rate = fig.axes  # the empty accuracy panel is left out
+    assert loss.get_yscale() == "log" and rate.get_yscale() == "linear"
+    train_line, eval_line = loss.get_lines()
+    assert list(train_line.get_xdata()) == [1, 2, 3, 4] and train_line.get_marker() in ("None", None, "")
+    assert list(eval_line.get_xdata()) == [4] and eval_line.get_marker() == "o"
+    assert len(loss.collections) == 1  # the min-max band of the two seeds
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["trn/loss", "val/nll"]
 
 
 def test_plots_name_a_path_they_cannot_write(tmp_path):

@@ -4,7 +4,7 @@ import torch
 
 from resnets import create_model
 from resnets.errors import UserError
-from resnets.evaluate import EvalOutput, predict_dataset, save_predictions
+from resnets.prediction import EvalOutput, predict_dataset, save_predictions
 from resnets.methods import SWAG, BatchEnsemble, DeepEnsemble, MCDropout, Method
 
 

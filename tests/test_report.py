@@ -11,31 +11,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from resnets import report
+from resnets import runs as run_files
+from resnets.config import TrainConfig
 from resnets.errors import UserError
 
 
 def make_run(root: Path, name: str, seed: int, **results) -> Path:
-    """A run folder: config.yaml, train.log, metrics.jsonl and results.json."""
+    """A run folder as `resnets train` lays it out (written by its run-directory module), with
+    the results given: config.yaml, train.log, metrics.jsonl and results.json."""
     run = root / name / str(seed) / "20240101000000"
     run.mkdir(parents=True)
-    config = dict(model=results.get("model", "resnet20"), width=results.get("width", 1),
-                  data=results.get("data", "cifar10"), image_size=results.get("image_size", 32),
-                  batch_size=256, iters="48k", lr=0.1, weight_decay=1e-3,
-                  precision=results.get("precision", "fp32"), method=results.get("method", "deterministic"),
-                  ensemble_size=4, seed=seed, preset=None, out=str(run))
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "train.log").write_text("training...\n")
-    base = dict(model=config["model"], width=config["width"], data=config["data"],
-                image_size=config["image_size"], batch_size=256, iters=48000, precision=config["precision"],
-                method=config["method"], ensemble_size=4, seed=seed, preset=None, device="cpu")
+    cfg = TrainConfig(model=results.get("model", "resnet20"), width=results.get("width", 1),
+                      data=results.get("data", "cifar10"), image_size=results.get("image_size", 32),
+                      batch_size=256, iters="48k", lr=0.1, weight_decay=1e-3,
+                      precision=results.get("precision", "fp32"), method=results.get("method", "deterministic"),
+                      ensemble_size=4, seed=seed, preset=None, out=str(run))
+    run_files.write_config(run, cfg, dict(num_classes=10, image_size=cfg.image_size, total_iters=48000))
+    run_files.append_log(run, "training...")
+    base = dict(model=cfg.model, width=cfg.width, data=cfg.data, image_size=cfg.image_size, batch_size=256,
+                iters=48000, precision=cfg.precision, method=cfg.method, ensemble_size=4, seed=seed, preset=None,
+                device="cpu")
     base.update(results)
-    (run / "results.json").write_text(json.dumps(base))
-    metrics = [{"iter": i, "lr": 0.1, "trn/loss": 2.0 / i, "val/acc": 0.5 + i / 10000, "val/nll": 1.0 / i,
-                "tst/acc": 0.5 + i / 9000, "tst/nll": 1.1 / i, "tst/ece": 0.01} for i in (1000, 2000, 3000)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    run_files.write_results(run, run_files.RunResults.from_json(base))
+    for i in (1000, 2000, 3000):
+        run_files.append_metrics(run, i, {"lr": 0.1, "trn/loss": 2.0 / i, "val/acc": 0.5 + i / 10000,
+                                          "val/nll": 1.0 / i, "tst/acc": 0.5 + i / 9000, "tst/nll": 1.1 / i,
+                                          "tst/ece": 0.01})
     return run
 
 
@@ -148,14 +151,16 @@ def test_seed000_and_seed003_shapes(tmp_path: Path):
     (table,) = parse_tables(text).values()
     det, be = table
     assert det["Method"] == "Deterministic"
-    assert det["Train/Test NLL"] == "- / 0.935" and det["Train/Test Top-1 Accuracy"] == "- / 76.1%"
+    train = "Train<sup>1</sup>"  # footnote 1 says what the train figures are
+    assert det[f"{train}/Test NLL"] == "- / 0.935" and det[f"{train}/Test Top-1 Accuracy"] == "- / 76.1%"
     assert det["# Parameters"] == "25.6M" and det["Checkpoint"] == "-"
-    assert be["Method"].startswith("BatchEnsemble (4 members, 2 seeds)<sup>1</sup>")
-    assert be["Train/Test NLL"] == "0.847 ± 0.000 / 0.956 ± 0.007"
+    assert be["Method"].startswith("BatchEnsemble (4 members, 2 seeds)<sup>2</sup>")
+    assert be[f"{train}/Test NLL"] == "0.847 ± 0.000 / 0.956 ± 0.007"
     assert be["Train Runtime (hours)"] == "17.5 ± 0.0 (NVIDIA H100 x1)"
     assert be["Test runtime (ms/example)"] == "0.500 ± 0.000"
     assert "ckpt s0" in be["Checkpoint"]
-    assert "1. Each BatchEnsemble member achieves 75.6% test top-1 accuracy" in text
+    assert "1. Train: one pass over the training split after training" in text
+    assert "2. Each BatchEnsemble member achieves 75.6% test top-1 accuracy" in text
 
     rs = tmp_path / "rs"
     make_run(rs, "rs50", 0, model="resnetrs50", data="imagenet", image_size=160,
@@ -197,7 +202,7 @@ def test_cli_writes_report_and_plots(sweep: Path, tmp_path: Path):
     link = table[0][""].split("](")[1].rstrip(")")
     assert (out.parent / link).resolve() == (run_dir / "train.log").resolve()
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert plots == ["0__20240101000000_acc.png", "0__20240101000000_nll.png", "0__20240101000000_reliability.png"]
+    assert plots == ["0__20240101000000_curves.png", "0__20240101000000_reliability.png"]
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
 
 
@@ -212,3 +217,76 @@ def test_curves_from_metrics():
 def test_cli_missing_root_is_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="not a folder"):
         run_cli(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- plots of the report
+
+def panel_lines(figure, ylabel: str) -> dict:
+    """{legend label: Line2D} of the figure's panel with this y label."""
+    (ax,) = [a for a in figure.axes if a.get_ylabel() == ylabel]
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_seeds_are_one_curve_with_a_band(sweep: Path):
+    runs = report.load_runs(report.find_runs(sweep))
+    seeds = [r for r in runs if r.path.parts[-3] == "cifar10-resnet20"]
+    for offset, run in enumerate(seeds):
+        for step in range(100, 3001, 100):
+            run_files.append_train_metrics(run.path, step, {"trn/loss": 2.0 / step + offset, "trn/acc": 0.5,
+                                                            "lr": 0.1, "img_per_sec": 1000.0,
+                                                            "nan_grad_steps": 0})
+    panels = report.curve_panels([r.path for r in seeds])
+    loss = {s.label: s for s in panels["loss / NLL"]}
+    dense = loss["trn/loss"]
+    assert dense.dense and dense.seeds == 3 and len(dense.steps) == 30
+    assert dense.mean[0] == pytest.approx(2.0 / 100 + 1) and dense.low[0] == pytest.approx(2.0 / 100)
+    assert dense.high[0] == pytest.approx(2.0 / 100 + 2)
+    assert not loss["val/nll"].dense and loss["val/nll"].steps == [1000, 2000, 3000]
+
+    figures = report.report_figures(runs, sweep)
+    by_name = {f.name: f for f in figures}
+    assert sorted(by_name) == ["cifar10-resnet20__3_seeds", "cifar10-resnet56-fp16__0__20240101000000",
+                               "cifar100-resnet20__0__20240101000000"]
+    group = by_name["cifar10-resnet20__3_seeds"]
+    assert group.kind == "curves" and "3 seeds" in group.title and len(group.runs) == 3
+    line = panel_lines(group.figure, "loss / NLL")["trn/loss"]
+    assert list(line.get_xdata()) == dense.steps and list(line.get_ydata()) == dense.mean
+    # Runs logged before train_metrics.jsonl existed: the training loss of each evaluation.
+    single = panel_lines(by_name["cifar10-resnet56-fp16__0__20240101000000"].figure, "loss / NLL")
+    assert list(single["trn/loss (at evaluations)"].get_xdata()) == [1000, 2000, 3000]
+
+
+def test_once_evaluated_run_has_a_curve(tmp_path: Path):
+    """A real run evaluated once (at its end) still gets a curve: its dense training loss, with
+    the one evaluation drawn as a marker."""
+    from resnets.train import train
+
+    run_dir = tmp_path / "runs" / "once"
+    train(TrainConfig(data="digits", model="resnet20", iters="4", batch_size=32, eval_every="4", image_size=16,
+                      out=str(run_dir), progress=False, augment="crop", device="cpu", log_every=1))
+    assert len(run_files.read_metrics(run_dir)) == 1  # one evaluation
+    (figure,) = report.report_figures(report.load_runs([run_dir]), tmp_path / "runs")
+    loss = panel_lines(figure.figure, "loss / NLL")
+    assert len(loss["trn/loss"].get_xdata()) > 1
+    assert list(loss["trn/loss"].get_xdata()) == [1, 2, 3, 4]
+    assert list(loss["val/nll"].get_xdata()) == [4] and loss["val/nll"].get_marker() == "o"
+    assert len(panel_lines(figure.figure, "learning rate")["lr"].get_xdata()) == 4
+    written = report.write_plots([run_dir], tmp_path / "plots", root=tmp_path / "runs")
+    assert [p.name for p in written] == ["once_curves.png"]
+
+
+def test_one_reliability_diagram_per_method(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for name, method, seeds in (("det", "deterministic", (0, 1)), ("be", "batchensemble", (0,))):
+        for seed in seeds:
+            run = make_run(tmp_path, name, seed, method=method, **{"tst/acc": 0.9})
+            probs = rng.dirichlet(np.ones(10), size=40).astype(np.float32)
+            np.savez(run / "predictions.npz", probs=probs, labels=np.arange(40) % 10)
+    figures = [f for f in report.report_figures(report.load_runs(report.find_runs(tmp_path)), tmp_path)
+               if f.kind == "reliability"]
+    assert len(figures) == 2
+    det, be = figures
+    assert "Deterministic" in det.title and "predictions of 2 seeds pooled" in det.title
+    assert "BatchEnsemble" in be.title
+    assert sum(p.get_height() for p in det.figure.axes[1].containers[0]) == 80  # both seeds' samples
+    assert "ECE = " in det.figure.axes[0].get_title()

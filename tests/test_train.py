@@ -152,12 +152,22 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 def test_diverging_fp32_loss_stops_with_checkpoints_intact(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--out", out, "--image-size", 16, "--iters", 8, "--eval-every", 2, "--log-every", 1, "--warmup", 0,
+    args = ["--out", out, "--image-size", 16, "--iters", 8, "--eval-every", 8, "--log-every", 1, "--warmup", 0,
             "--batch-size", 16, "--no-progress"]
     assert run_cli(*args, "--lr", 1e12) == 2
     err = capsys.readouterr().err
-    assert "diverged" in err and "last.pt" in err
+    # Diverged within the first steps, before the first checkpoint (iteration 8): none is named.
+    assert "diverged" in err and "No checkpoint had been written yet" in err and "last.pt" not in err
     assert not (out / "results.json").exists()
+    # Checkpoints every 2 iterations: the message names the last one, which is intact.
+    later = tmp_path / "later"
+    args = ["--out", later, "--image-size", 16, "--iters", 8, "--eval-every", 2, "--log-every", 1, "--warmup", 4,
+            "--batch-size", 16, "--no-progress", "--lr", 1e12]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and str(later / "checkpoints" / "last.pt") in err
+    kept = torch.load(later / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["iteration"] >= 2 and all(v.isfinite().all() for v in kept["model"].values() if v.is_floating_point())
 
 
 def test_resume_refuses_a_different_recipe_and_missing_checkpoints(tmp_path, capsys):
@@ -166,6 +176,13 @@ def test_resume_refuses_a_different_recipe_and_missing_checkpoints(tmp_path, cap
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--lr", "0.5"]) == 2
     assert "--lr 0.5" in capsys.readouterr().err
+    # A finished run is not trained again.
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "is finished" in capsys.readouterr().err
+    # A damaged checkpoint of a version without digest files is never unpickled.
+    (out / "results.json").unlink()
+    for name in ("previous.pt", "previous.pt.sha256", "last.pt.sha256"):
+        (out / "checkpoints" / name).unlink()
     (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--resume", str(out), "--no-progress"]) == 2
     assert "cannot be read safely" in capsys.readouterr().err
@@ -182,7 +199,7 @@ def _train_subprocess(args, **kwargs):
 def test_sigkill_then_resume_ends_bit_identical(tmp_path):
     # Dropout, stochastic depth and EMA make the RNG state and the EMA part of what must resume.
     recipe = ["--image-size", 16, "--iters", 24, "--eval-every", 6, "--batch-size", 16, "--eval-batch-size", 512,
-              "--dropout", 0.2, "--drop-path-rate", 0.2, "--ema-decay", 0.9, "--no-progress"]
+              "--dropout", 0.2, "--drop-path-rate", 0.2, "--ema-decay", 0.9, "--log-every", 4, "--no-progress"]
     reference = _train_subprocess(["--out", tmp_path / "reference", *recipe])
     killed_dir = tmp_path / "killed"
     victim = _train_subprocess(["--out", killed_dir, *recipe])
@@ -209,14 +226,42 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path):
         assert torch.equal(last["model"][key], value), key
     iters = [json.loads(line)["iter"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     assert iters == [6, 12, 18, 24]
+    # No log point twice, in the dense log and in TensorBoard, and none lost.
+    dense = [json.loads(line)["iter"] for line in (killed_dir / "train_metrics.jsonl").read_text().splitlines()]
+    assert dense == [4, 8, 12, 16, 20, 24]
+    assert tensorboard_steps(killed_dir, "trn/loss") == dense
+    assert tensorboard_steps(killed_dir, "val/acc") == [6, 12, 18, 24]
+
+
+def tensorboard_steps(run_dir, tag) -> list[int]:
+    """The steps of `tag` in the run's TensorBoard events, as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_dense_training_points_every_log_every_iterations(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--out", out, "--image-size", 16, "--iters", 10, "--eval-every", 5, "--log-every", 3,
+                   "--batch-size", 16, "--no-progress") == 0
+    rows = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [3, 6, 9]  # floor(10 / 3) points
+    for row in rows:
+        assert {"trn/loss", "trn/acc", "lr", "img_per_sec", "nan_grad_steps"} <= set(row)
+        assert row["trn/loss"] > 0 and 0 <= row["trn/acc"] <= 1 and row["img_per_sec"] > 0
+    for tag in ("trn/loss", "trn/acc", "lr", "img_per_sec"):
+        assert tensorboard_steps(out, tag) == [3, 6, 9], tag
+    assert tensorboard_steps(out, "val/acc") == [5, 10]
 
 
 def test_batchensemble_and_swa_train_from_the_api(tmp_path):
     common = dict(data="digits", image_size=16, iters="6", eval_every="3", batch_size=16, eval_batch_size=512,
                   progress=False)
-    be = train(TrainConfig(**common, method="batchensemble", ensemble_size=2, out=str(tmp_path / "be")))
+    be = train(TrainConfig(**common, method="batchensemble", ensemble_size=2, out=str(tmp_path / "be"))).to_json()
     assert be["ensemble_size"] == 2 and "tst/member/acc" in be
-    swa = train(TrainConfig(**common, method="swa", swa_start=0.5, swa_every=1, out=str(tmp_path / "swa")))
+    swa = train(TrainConfig(**common, method="swa", swa_start=0.5, swa_every=1, out=str(tmp_path / "swa"))).to_json()
     assert swa["method"] == "swa" and swa["tst/acc"] is not None
 
 
@@ -250,7 +295,7 @@ def test_fp16_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, 
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 120))
     cfg = TrainConfig(data="digits", image_size=16, iters="4", eval_every="2", batch_size=16, eval_batch_size=512,
                       precision="fp16", progress=False, out=str(tmp_path / "run"))
-    res = train(cfg)  # skipped steps are not divergence: no error
+    res = train(cfg).to_json()  # skipped steps are not divergence: no error
     assert res["nan_grad_steps"] == 4 and res["precision"] == "fp16"
 
 

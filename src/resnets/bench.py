@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import PRECISIONS, device_name, resolve_device
+from .devices import PRECISIONS, device_name, resolve_device, resolve_runtime
 from .errors import UserError
 from .models import create_model, list_models
 from .models.stats import count_flops, count_parameters
@@ -442,9 +442,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", default=None, metavar="N|auto",
                         help=f"images per step, or 'auto': {AUTO_START_BATCH} halved until a step fits (a training "
                              f"step unless --mode infer) (default: auto on CUDA, {CPU_DEFAULT_BATCH} on CPU)")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="autocast precision; fp16 training uses a gradient scaler (default: fp32)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
+    parser.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                        help="autocast precision; fp16 training uses a gradient scaler (default: auto, as `resnets "
+                             "train`: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory format for model and inputs (default: on CUDA, as `resnets train`)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (compilation happens in the warm-up steps: keep --warmup >= 1)")
     parser.add_argument("--mode", default="both", choices=MODES, help="what to time (default: both)")
@@ -475,13 +477,14 @@ def _parse_batch_size(value: str | int | None, device: torch.device) -> int | st
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    runtime = resolve_runtime(args.device, args.precision, args.channels_last)
+    device = runtime.device
     result = benchmark(
         args.model,
         image_size=args.image_size,
         batch_size=_parse_batch_size(args.batch_size, device),
-        precision=args.precision,
-        channels_last=args.channels_last,
+        precision=runtime.precision,
+        channels_last=runtime.channels_last,
         compile=args.compile,
         mode=args.mode,
         device=device,

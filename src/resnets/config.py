@@ -11,8 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import UserError
 
@@ -22,11 +27,16 @@ class TrainConfig:
     # What to train.
     model: str = field(default="resnet20", metadata=dict(help="zoo model name (resnets zoo lists them)"))
     width: int = field(default=1, metadata=dict(help="width multiplier of the stages"))
-    head_bias: bool = field(default=True, metadata=dict(help="give the classifier head a bias"))
-    head_init: str = field(default="default", metadata=dict(help="head init: default, zero, normal"))
+    head_bias: bool | None = field(default=None, metadata=dict(
+        help="give the classifier head a bias (default: the model's, yes)"))
+    head_init: str | None = field(default=None, metadata=dict(
+        help="head init: default (PyTorch's), zero or normal (std 0.01) (default: the model's)"))
     dropout: float | None = field(default=None, metadata=dict(help="dropout before the head (default: the model's)"))
     drop_path_rate: float | None = field(default=None, metadata=dict(help="stochastic depth rate (default: the model's)"))
-    zero_init_last_bn: bool = field(default=True, metadata=dict(help="zero-init the last BN scale of each block"))
+    zero_init_last_bn: bool | None = field(default=None, metadata=dict(
+        help="zero-init the last BN scale of each block (default: the model's, yes)"))
+    bn_momentum: float | None = field(default=None, metadata=dict(
+        help="BN running-statistics momentum, PyTorch's convention (default: the model's, 0.1)"))
     method: str = field(default="deterministic", metadata=dict(
         help="deterministic, batchensemble, mcdropout, swa, swag, or ensemble (ensemble_size runs, seeds seed+k)"))
     ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble or ensemble"))
@@ -72,7 +82,10 @@ class TrainConfig:
 
     # Precision and speed.
     device: str = field(default="auto", metadata=dict(help="auto, cpu, cuda or cuda:N"))
-    precision: str = field(default="auto", metadata=dict(help="auto (bf16 on CUDA, else fp32), fp32, bf16, fp16"))
+    precision: str = field(default="auto", metadata=dict(
+        help="auto (seed_precision, else bf16, on CUDA; fp32 on the CPU), fp32, bf16, fp16"))
+    seed_precision: str | None = field(default=None, metadata=dict(
+        help="the precision the seed's row ran in (bf16 on TPUs); --precision auto uses it on CUDA only"))
     channels_last: bool | None = field(default=None, metadata=dict(help="channels_last memory (default: on CUDA)"))
     compile: bool = field(default=False, metadata=dict(help="torch.compile the training step's model"))
     sync_bn: bool = field(default=False, metadata=dict(help="synchronise BN statistics across processes"))
@@ -82,13 +95,17 @@ class TrainConfig:
     # The run.
     seed: int = field(default=42, metadata=dict(help="seed of initialization, data order and augmentation"))
     eval_every: str = field(default="1000", metadata=dict(help="between evaluations and checkpoints: 1000 or 1ep"))
+    checkpoint_every: str = field(default="30min", metadata=dict(
+        help="checkpoints besides the one at every evaluation: wall-clock (30min, 2h, 90s), iterations (5000, 5k), "
+             "epochs (1ep) or 0 for evaluations only"))
     eval_batch_size: int = field(default=1024, metadata=dict(help="batch size of evaluation"))
     eval_train: bool = field(default=False, metadata=dict(
         help="at the end, also evaluate the train split without augmentation (trn/*)"))
     log_every: int = field(default=100, metadata=dict(help="iterations between loss checks and TensorBoard points"))
     name: str | None = field(default=None, metadata=dict(help="run name (default: from model, iters, wd, precision)"))
     runs_root: str = field(default="runs", metadata=dict(help="where run directories are made"))
-    out: str | None = field(default=None, metadata=dict(help="exact run directory (must not exist)"))
+    out: str | None = field(default=None, metadata=dict(
+        help="exact run directory (new, or a run of the same recipe, which is continued)"))
     progress: bool = field(default=True, metadata=dict(help="show a progress bar"))
     preset: str | None = field(default=None, metadata=dict(help="the preset this config started from"))
 
@@ -102,12 +119,60 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source} has unknown field(s) {unknown}: expected fields of TrainConfig such as "
                             "model, data, iters, batch_size, lr")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _checked(name, value, hints[name], source) for name, value in values.items()})
 
+
+def field_type(hint) -> type:
+    """The value type of a TrainConfig field's annotation ('int | None' -> int)."""
+    if isinstance(hint, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)][0]
+    return hint
+
+
+def _checked(name: str, value: Any, hint, source: str) -> Any:
+    """`value` as the field's type, or the error a wrong --flag value gets, naming `source`."""
+    kind = field_type(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    if value is None and optional:
+        return None
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # durations written as numbers: iters: 48000
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    flag = "--" + name.replace("_", "-")
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    raise UserError(f"{source}: {name} is {value!r}, but {flag} takes {expected}"
+                    f"{' (or null for the default)' if optional else ''}.")
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The TrainConfig fields of a YAML file (`--print-config`'s output, or a run's config.yaml)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file; expected a YAML file of recipe fields, as "
+                        "`resnets train --preset NAME --print-config` writes one") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"--config {path} cannot be read as YAML ({str(error).splitlines()[0]}); expected a "
+                        "mapping of recipe fields such as model, data, iters, lr") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+        loaded = loaded["config"]  # a run directory's config.yaml
+    if not isinstance(loaded, dict):
+        raise UserError(f"--config {path} holds a YAML {type(loaded).__name__}, not a mapping of recipe fields "
+                        "such as model, data, iters, lr")
+    return loaded
+
+
+# Fields that set an option of the zoo model; None keeps the model's own default.
+MODEL_OPTION_FIELDS = ("width", "head_bias", "head_init", "zero_init_last_bn", "dropout", "drop_path_rate",
+                       "bn_momentum")
 
 # Fields that change how a run is executed but not what it computes: a resume may change them.
 EXECUTION_FIELDS = {"device", "num_workers", "progress", "data_dir", "download", "out", "runs_root",
-                    "eval_batch_size", "compile", "allow_world_size_change"}
+                    "eval_batch_size", "compile", "allow_world_size_change", "checkpoint_every"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(k|ep|%)?\s*$")
 
@@ -128,6 +193,51 @@ def parse_duration(text: str, *, total_iters: int | None, steps_per_epoch: int, 
             raise UserError(f"--{flag} cannot be a percentage")
         return round(value / 100 * total_iters)
     return round(value)
+
+
+_WALL_CLOCK = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h)\s*$")
+_WALL_CLOCK_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class CheckpointInterval:
+    """`--checkpoint-every` resolved: a wall-clock interval or an iteration count (neither: only
+    the checkpoints of evaluations)."""
+    seconds: float | None = None
+    iterations: int | None = None
+
+
+def parse_checkpoint_every(text: str, *, total_iters: int, steps_per_epoch: int) -> CheckpointInterval:
+    """'30min', '2h', '90s' (wall clock), any duration of `parse_duration` (iterations), or '0'/'off'."""
+    text = str(text).strip()
+    if text.lower() in ("0", "off", "none"):
+        return CheckpointInterval()
+    match = _WALL_CLOCK.match(text)
+    if match:
+        seconds = float(match.group(1)) * _WALL_CLOCK_SECONDS[match.group(2)]
+        if seconds <= 0:
+            raise UserError(f"--checkpoint-every {text!r} is not a positive interval: expected e.g. 30min, or 0 "
+                            "for checkpoints at evaluations only")
+        return CheckpointInterval(seconds=seconds)
+    if not _DURATION.match(text):
+        raise UserError(f"--checkpoint-every {text!r} is not an interval: expected wall-clock time (30min, 2h, "
+                        "90s), iterations (5000 or 5k), epochs (1ep), or 0 for checkpoints at evaluations only")
+    iterations = parse_duration(text, total_iters=total_iters, steps_per_epoch=steps_per_epoch,
+                                flag="checkpoint-every")
+    return CheckpointInterval(iterations=iterations) if iterations >= 1 else CheckpointInterval()
+
+
+def describe_duration(text: str) -> str:
+    """A duration as a person reads it: '90ep' -> '90 epochs', '48k' -> '48k iterations'."""
+    match = _DURATION.match(str(text))
+    if not match:
+        return str(text)
+    value, unit = match.group(1), match.group(2)
+    if unit == "ep":
+        return f"{value} epochs"
+    if unit == "%":
+        return f"{value}% of training"
+    return f"{value}{unit or ''} iterations"
 
 
 @dataclass
@@ -187,23 +297,3 @@ def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
             raise UserError("--schedule step needs --milestones, e.g. 30ep,60ep,80ep")
         return StepSchedule(**common, decay=cfg.lr_decay)
     raise UserError(f"--schedule {cfg.schedule!r} is unknown: expected cosine or step")
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    """Seed 001's naming: resnet_20x1-iter_48k-wd_0.0010[-fp16], with batch and LR when the batch is not 256."""
-    depth = cfg.model.removeprefix("resnet")
-    parts = [f"resnet_{depth}x{cfg.width}"]
-    if cfg.batch_size != 256:
-        parts.append(f"batch_{cfg.batch_size}")
-    iters = str(cfg.iters).strip()
-    if iters.isdigit() and int(iters) % 1000 == 0:
-        iters = f"{int(iters) // 1000}k"
-    parts.append(f"iter_{iters}")
-    if cfg.batch_size != 256:
-        parts.append(f"lr_{cfg.lr:g}")
-    parts.append(f"wd_{cfg.weight_decay:.4f}")
-    if cfg.method != "deterministic":
-        parts.append(cfg.method + (f"{cfg.ensemble_size}" if cfg.method in ("batchensemble", "ensemble") else ""))
-    if cfg.precision in ("fp16", "bf16"):
-        parts.append(cfg.precision)
-    return "-".join(parts)

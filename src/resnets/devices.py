@@ -1,9 +1,11 @@
-"""Which device and precision a command runs on, and how the machine is described in results."""
+"""Where and how a command runs (device, precision, memory layout, loader workers), resolved
+here once for train, eval and bench alike, and how the machine is described in results."""
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+from dataclasses import dataclass
 
 import torch
 
@@ -28,12 +30,54 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device, preferred: str | None = None) -> str:
+    """'auto' is `preferred` (a recipe's own low precision) or bf16 on CUDA, and fp32 on the CPU,
+    where bf16/fp16 autocast is several times slower than fp32."""
+    if preferred is not None and preferred not in PRECISIONS:
+        raise UserError(f"--seed-precision {preferred!r} is unknown: expected {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            return "fp32"
+        return preferred or "bf16"
     if name not in PRECISIONS:
         raise UserError(f"--precision {name!r} is unknown: expected auto, {', '.join(PRECISIONS)}")
     return name
+
+
+# DataLoader workers per process for decoded (JPEG) datasets when none are asked for.
+MAX_DEFAULT_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16 (never "auto")
+    channels_last: bool
+    num_workers: int
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def default_num_workers() -> int:
+    return min(MAX_DEFAULT_WORKERS, cpu_cores())
+
+
+def resolve_runtime(device: str | torch.device | None = "auto", precision: str = "auto",
+                    channels_last: bool | None = None, num_workers: int | None = None,
+                    preferred_precision: str | None = None) -> Runtime:
+    """The defaults of every command: CUDA when there is a GPU, bf16 and channels_last there,
+    fp32 and contiguous on the CPU, and one loader worker per core (at most 8)."""
+    resolved = resolve_device(device)
+    if num_workers is not None and num_workers < 0:
+        raise UserError(f"--num-workers must be 0 or more, got {num_workers}.")
+    return Runtime(
+        device=resolved,
+        precision=resolve_precision(precision, resolved, preferred_precision),
+        channels_last=resolved.type == "cuda" if channels_last is None else bool(channels_last),
+        num_workers=default_num_workers() if num_workers is None else num_workers,
+    )
 
 
 def autocast(device: torch.device, precision: str):

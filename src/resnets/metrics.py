@@ -35,11 +35,7 @@ import torch.nn.functional as F
 __all__ = [
     "LOG_EPS",
     "ClassificationMetrics",
-    "accuracy",
-    "brier",
     "calibration_bins",
-    "ece",
-    "nll",
     "ood_metrics",
     "ood_scores",
 ]
@@ -76,29 +72,6 @@ def _log(p: torch.Tensor) -> torch.Tensor:
 
 def _true_class_prob(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# One-shot functions
-# ---------------------------------------------------------------------------------------------
-
-
-def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean negative log-likelihood, -log(max(p[y], 1e-12)), in nats."""
-    _check_probs_labels(probs, labels)
-    p = probs.to(_acc_dtype(probs.device))
-    return float(-_log(_true_class_prob(p, labels.to(p.device))).mean())
-
-
-def accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Top-k accuracy: the fraction of samples whose label is among the k most probable classes.
-
-    k is capped at C. For k = 1 the prediction is argmax (first index among ties).
-    """
-    _check_probs_labels(probs, labels)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    return float(_topk_correct(probs, labels.to(probs.device), k).double().mean())
 
 
 def _topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -147,20 +120,6 @@ def _bin_sums(
 def _ece_from_bins(conf_sum: torch.Tensor, acc_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     # sum_b |acc_b - conf_b| n_b / N  ==  sum_b |acc_sum_b - conf_sum_b| / N
     return (acc_sum - conf_sum).abs().sum(-1) / count.sum(-1)
-
-
-def ece(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
-    """L1 expected calibration error over ``num_bins`` equal-width bins (see the module docstring)."""
-    _check_probs_labels(probs, labels)
-    conf_sum, acc_sum, count = _bin_sums(probs.to(_acc_dtype(probs.device)), labels.to(probs.device), num_bins)
-    return float(_ece_from_bins(conf_sum, acc_sum, count))
-
-
-def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Multi-class Brier score: mean over samples of sum_c (p_c - onehot_c)^2."""
-    _check_probs_labels(probs, labels)
-    p = probs.to(_acc_dtype(probs.device))
-    return float(_brier_per_sample(p, labels.to(p.device)).mean())
 
 
 def _brier_per_sample(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -419,22 +378,6 @@ def _as_vector(x, name: str) -> np.ndarray:
     return arr
 
 
-def _roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative true/false positives at each distinct threshold, highest threshold first.
-
-    A sample is accepted as positive when score >= threshold; tied scores enter together, which
-    is what makes AUROC count ties as half and AP use no interpolation, as scikit-learn does.
-    """
-    scores = np.concatenate([pos, neg])
-    is_pos = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_pos = scores[order], is_pos[order]
-    last_of_value = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
-    tp = np.cumsum(is_pos)[last_of_value]
-    fp = (last_of_value + 1) - tp
-    return tp, fp
-
-
 def ood_metrics(in_scores, out_scores) -> dict[str, float]:
     """Detection metrics for scores where higher = more in-distribution (see :func:`ood_scores`).
 
@@ -449,24 +392,18 @@ def ood_metrics(in_scores, out_scores) -> dict[str, float]:
 
     Accepts tensors, arrays or lists; computed in float64 on the CPU.
     """
+    # Imported here: scikit-learn takes a second to import and only OOD evaluation needs it.
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
     pos = _as_vector(in_scores, "in_scores")
     neg = _as_vector(out_scores, "out_scores")
-    tp, fp = _roc_points(pos, neg)
-    tpr = np.r_[0.0, tp / pos.size]
-    fpr = np.r_[0.0, fp / neg.size]
-    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-    def average_precision(tp: np.ndarray, fp: np.ndarray, n_pos: int) -> float:
-        precision = tp / (tp + fp)
-        recall = np.r_[0.0, tp / n_pos]
-        return float(np.sum(np.diff(recall) * precision))
-
-    aupr_in = average_precision(tp, fp, pos.size)
-    tp_out, fp_out = _roc_points(-neg, -pos)
-    aupr_out = average_precision(tp_out, fp_out, neg.size)
-
+    is_in = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    scores = np.r_[pos, neg]
+    auroc = float(roc_auc_score(is_in, scores))
+    aupr_in = float(average_precision_score(is_in, scores))
+    aupr_out = float(average_precision_score(1 - is_in, -scores))
     # The first threshold (from the top) whose TPR reaches 95%; the tiny tolerance keeps exact
     # 95% from being missed by rounding in tp / n.
-    k = int(np.searchsorted(tpr[1:], 0.95 - 1e-12, side="left"))
-    fpr95 = float(fpr[1:][k])
+    fpr, tpr, _ = roc_curve(is_in, scores, drop_intermediate=False)
+    fpr95 = float(fpr[int(np.searchsorted(tpr, 0.95 - 1e-12, side="left"))])
     return {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95}

@@ -6,6 +6,11 @@ checkpoints) and seed 003's model/input-size/latency table. Runs that share a co
 except for the seed are one row: mean ± sample standard deviation over the seeds, with the
 number of seeds shown, so that a difference between rows can be read against the spread
 within one.
+
+`--plot DIR` writes, per configuration (its seeds together), the training curves (the dense
+points of train_metrics.jsonl and the evaluations of metrics.jsonl; the mean over seeds with a
+min–max or ±std band) and a reliability diagram where its runs saved predictions. `--html FILE`
+writes all of it as one self-contained page (html_report.py).
 """
 from __future__ import annotations
 
@@ -24,25 +29,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+import torch
+
+from . import plots, runs as run_files
+from .config import EXECUTION_FIELDS
 from .errors import UserError
+from .methods import METHODS, Method
+from .models import list_models
 
 TABLES = ("seed001", "seed000", "seed003")
 
 # Configuration fields that say how a run was executed, not what it computed: runs differing
-# only in these (and the seed) are repeats of one experiment. Kept in step with
-# config.EXECUTION_FIELDS, plus the run's own name and output location.
-_NOT_IDENTITY = {
-    "seed", "name", "out", "runs_root", "device", "num_workers", "progress", "data_dir", "download",
-    "eval_batch_size", "compile", "timestamp", "config_path", "log_path", "checkpoint",
-}
+# only in these (and the seed) are repeats of one experiment.
+_NOT_IDENTITY = set(EXECUTION_FIELDS) | {"seed", "name", "out", "runs_root", "progress"}
 # results.json keys that describe the configuration; they override config.yaml's unresolved
 # values ("auto" precision, "48k" iterations, image_size None).
 _RESULT_CONFIG_KEYS = ("model", "width", "data", "image_size", "batch_size", "iters", "precision",
                        "method", "ensemble_size", "preset")
-_METHOD_NAMES = {
-    "deterministic": "Deterministic", "batchensemble": "BatchEnsemble", "ensemble": "Ensemble",
-    "mcdropout": "MC Dropout", "swa": "SWA", "swag": "SWAG", "temperature": "Temperature Scaling",
-}
+
+
+def _method_title(name: Any) -> str:
+    method = METHODS.get(str(name))
+    return method.title if method is not None else str(name)
+
+
+def _is_deterministic(name: Any) -> bool:
+    return name is None or METHODS.get(str(name)) is Method
 
 
 # ---------------------------------------------------------------- loading runs
@@ -93,7 +106,7 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"RUNS_ROOT {str(root)!r} is not a folder: expected the folder that holds the run "
                         "directories written by `resnets train` (each with a results.json).")
-    runs = sorted(p.parent for p in root.rglob("results.json") if p.is_file())
+    runs = sorted(p.parent for p in root.rglob(run_files.RESULTS_FILE) if p.is_file())
     if not runs:
         raise UserError(f"RUNS_ROOT {str(root)!r} holds no runs: no results.json was found in it or below it. "
                         "Point it at the folder `resnets train` wrote runs into (its --runs-root).")
@@ -101,27 +114,10 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
 
 
 def load_run(path: str | os.PathLike) -> Run:
+    """A run's results.json and the TrainConfig fields of its config.yaml (empty if it has none)."""
     path = Path(path)
-    results_file = path / "results.json"
-    try:
-        results = json.loads(results_file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{results_file} does not exist: expected a run directory with a results.json.") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{results_file} cannot be read as JSON ({e}); expected the results.json a run writes.") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{results_file} holds a JSON {type(results).__name__}, expected an object of metrics.")
-    config: dict[str, Any] = {}
-    config_file = path / "config.yaml"
-    if config_file.is_file():
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(config_file.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{config_file} cannot be read as YAML ({e}); expected the config a run writes.") from None
-        if isinstance(loaded, dict):
-            config = loaded
+    results = run_files.read_results(path).to_json()
+    config = run_files.read_config(path).config if (path / run_files.CONFIG_FILE).is_file() else {}
     return Run(path, results, config)
 
 
@@ -230,8 +226,6 @@ class Table:
 
 
 def _model_order(name: Any) -> tuple:
-    from .models import list_models
-
     names = list_models()
     return (names.index(name), "") if name in names else (len(names), str(name))
 
@@ -242,7 +236,7 @@ _PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2}
 def _row_order(group: Sequence[Run]) -> tuple:
     r = group[0]
     return (_model_order(r.get("model")), r.number("width") or 1, _PRECISION_ORDER.get(r.get("precision"), 3),
-            r.get("method") not in (None, "deterministic"), str(r.get("method") or ""), r.number("ensemble_size") or 0, r.number("batch_size") or 0,
+            not _is_deterministic(r.get("method")), str(r.get("method") or ""), r.number("ensemble_size") or 0, r.number("batch_size") or 0,
             r.number("iters") or 0, r.identity())
 
 
@@ -305,9 +299,9 @@ def seed001_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
             if any((r.number("nan_grad_steps") or 0) > 0 for r in group):
                 misc.append("`nan-grads`")
             method = first.get("method")
-            if method and method != "deterministic":
-                size_text = f" x{first.get('ensemble_size')}" if first.get("ensemble_size") and method in (
-                    "batchensemble", "ensemble") else ""
+            if not _is_deterministic(method):
+                sized = getattr(METHODS.get(str(method)), "sized_by_ensemble_size", False)
+                size_text = f" x{first.get('ensemble_size')}" if first.get("ensemble_size") and sized else ""
                 misc.append(f"`{method}{size_text}`")
             if len(group) > 1:
                 misc.append(f"`{_seed_list(group)}`")
@@ -316,7 +310,7 @@ def seed001_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
                 fmt_stat(group, "tst/acc", _fixed(3)),
                 fmt_stat(group, "tst/nll", _fixed(3)),
                 " ".join(misc),
-                _links(group, "log_path", "train.log", "`*.log`", base),
+                _links(group, "log_path", run_files.LOG_FILE, "`*.log`", base),
             ])
         # Seed 001's ImageNet tables have no test split and leave its columns out.
         table.drop_empty_columns(["tst/acc", "tst/nll"])
@@ -349,16 +343,24 @@ def seed000_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
     tables = []
     for (_, width, (size, data)), members in sorted(by_model.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
         first = members[0]
+        # Our Train columns are a clean pass over the train split after training (--eval-train);
+        # uncertainty-baselines' are running means over the last epoch's augmented batches (for
+        # BatchEnsemble, of the tiled members' logits), which read higher NLL and lower accuracy.
+        train = "Train<sup>1</sup>"
         table = Table(f"{model_title(first.get('model'), first.get('width'))} on {data} ({_size_text(size)} px)",
-                      ["Method", "Train/Test NLL", "Train/Test Top-1 Accuracy", "Train/Test Top-5 Accuracy",
+                      ["Method", f"{train}/Test NLL", f"{train}/Test Top-1 Accuracy", f"{train}/Test Top-5 Accuracy",
                        "Train Runtime (hours)", "# Parameters", "Test runtime (ms/example)", "Checkpoint"],
                       ["l"] * 8)
+        table.footnotes.append("Train: one pass over the training split after training, without augmentation "
+                               "(seed 000's train figures are running means over its last epoch's augmented "
+                               "batches). Test: the dataset's test split, or its official validation set where "
+                               "it ships no test set (ImageNet).")
         for group in sorted(group_seeds(members), key=_row_order):
             r = group[0]
-            method = str(r.get("method") or "deterministic")
-            title = _METHOD_NAMES.get(method, method)
+            method = str(r.get("method") or Method.name)
+            title = _method_title(method)
             details = []
-            if method in ("batchensemble", "ensemble") and r.get("ensemble_size"):
+            if getattr(METHODS.get(method), "sized_by_ensemble_size", False) and r.get("ensemble_size"):
                 details.append(f"{r.get('ensemble_size')} members")
             if r.get("precision") and r.get("precision") != "fp32":
                 details.append(str(r.get("precision")))
@@ -395,6 +397,8 @@ def seed000_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
 
 
 def _pair(group: Sequence[Run], train_key: str, test_key: str, fmt: Callable[[float], str]) -> str:
+    if stat(group, test_key) is None:  # no test set (ImageNet): its official validation set is the test
+        test_key = "val/" + test_key.split("/", 1)[1]
     train = fmt_stat(group, train_key, fmt, missing="-")
     test = fmt_stat(group, test_key, fmt, missing="-")
     return "-" if train == test == "-" else f"{train} / {test}"
@@ -441,8 +445,8 @@ def seed003_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
             size = r.number("image_size")
             name = model_title(r.get("model"), r.get("width"))
             extra = [str(r.get("precision"))] if r.get("precision") not in (None, "fp32") else []
-            if r.get("method") not in (None, "deterministic"):
-                extra.append(_METHOD_NAMES.get(r.get("method"), r.get("method")))
+            if not _is_deterministic(r.get("method")):
+                extra.append(_method_title(r.get("method")))
             if len(group) > 1:
                 extra.append(_seed_list(group))
             table.rows.append([
@@ -450,7 +454,7 @@ def seed003_tables(runs: Sequence[Run], link_base: str | os.PathLike = ".") -> l
                 "" if size is None else f"{size:g}x{size:g}",
                 fmt_stat(group, _step_seconds, _fixed(3)),
                 fmt_stat(group, _top1, _fixed(1, 100)),
-                _links(group, "config_path", "config.yaml", "config", base),
+                _links(group, "config_path", run_files.CONFIG_FILE, "config", base),
                 _links(group, "checkpoint", "", "ckpt", base),
             ])
         table.repeats = any(len(g) > 1 for g in groups)
@@ -463,7 +467,7 @@ def choose_table(runs: Sequence[Run]) -> str:
     method other than the deterministic baseline, seed 001 otherwise."""
     if runs and all(str(r.get("model") or "").startswith("resnetrs") for r in runs):
         return "seed003"
-    if any(r.get("method") not in (None, "deterministic") for r in runs):
+    if any(not _is_deterministic(r.get("method")) for r in runs):
         return "seed000"
     return "seed001"
 
@@ -558,23 +562,8 @@ def make_report(run_dirs: Iterable[str | os.PathLike], *, table: str = "auto", f
 
 # ---------------------------------------------------------------- plots
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    rows = []
-    path = Path(path)
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise UserError(f"{path}, line {number}, is not JSON: expected one JSON object per evaluation "
-                            "as `resnets train` writes them.") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def curves(rows: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> dict[str, list[tuple[int, float]]]:
+    """(iteration, value) points per key of metrics rows, for the keys `keep` accepts (finite numbers only)."""
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         step = row.get("iter")
@@ -586,6 +575,53 @@ def curves(rows: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> dict[
     return series
 
 
+def train_rows(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The dense training points of a run (train_metrics.jsonl: one row every --log-every
+    iterations); none for runs written before that file existed."""
+    reader = getattr(run_files, "read_train_metrics", None)
+    if reader is None:
+        return []
+    return [row for row in reader(run_dir) if row.get("kind", "train") == "train"]
+
+
+# Panels of the training figure: (title, keys of the evaluation rows, keys of the dense rows).
+_CURVE_PANELS = (
+    ("loss / NLL", ("val/nll", "tst/nll"), ("trn/loss",)),
+    ("accuracy", ("val/acc", "tst/acc"), ("trn/acc",)),
+    ("ECE", ("val/ece", "tst/ece"), ()),
+    ("learning rate", (), ("lr",)),
+)
+_COLORS = {"trn": "tab:blue", "val": "tab:orange", "tst": "tab:green", "lr": "tab:purple"}
+
+
+def curve_panels(run_dirs: Sequence[str | os.PathLike], band: str = "minmax") -> dict[str, list[plots.Series]]:
+    """The training-curve series of one configuration's runs (its seeds): the training loss,
+    accuracy and LR at every log point (train_metrics.jsonl) and the val/test metrics at every
+    evaluation (metrics.jsonl); each the mean over the runs, with a `band` (minmax or std)
+    when there are several. Runs without dense points fall back to the training values
+    logged with each evaluation."""
+    evals = [run_files.read_metrics(d) for d in run_dirs]
+    dense = [train_rows(d) for d in run_dirs]
+    have_dense = any(dense)
+    panels: dict[str, list[plots.Series]] = {}
+    for title, eval_keys, dense_keys in _CURVE_PANELS:
+        series = []
+        for key in dense_keys:
+            sources = dense if have_dense else evals
+            per_seed = [curves(rows, lambda k: k == key).get(key, []) for rows in sources]
+            steps, mean, low, high, seeds = plots.aggregate_seeds(per_seed, band)
+            label = key if have_dense else f"{key} (at evaluations)"
+            series.append(plots.Series(label, steps, mean, low, high, seeds, dense=have_dense,
+                                       color=_COLORS.get(key.split("/")[0])))
+        for key in eval_keys:
+            per_seed = [curves(rows, lambda k: k == key).get(key, []) for rows in evals]
+            steps, mean, low, high, seeds = plots.aggregate_seeds(per_seed, band)
+            series.append(plots.Series(key, steps, mean, low, high, seeds, dense=False,
+                                       color=_COLORS.get(key.split("/")[0])))
+        panels[title] = [s for s in series if s.steps]
+    return panels
+
+
 def _plot_name(run: Path, root: Path | None) -> str:
     try:
         rel = run.resolve().relative_to(root.resolve()) if root is not None else Path(run.name)
@@ -595,49 +631,181 @@ def _plot_name(run: Path, root: Path | None) -> str:
     return re.sub(r"[^\w.+-]", "_", name)
 
 
-def write_plots(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                root: str | os.PathLike | None = None) -> list[Path]:
-    """Per run: accuracy and NLL (with the training loss) against iterations from
-    metrics.jsonl, and a reliability diagram where the run saved predictions.npz."""
-    from . import plots
+def _relative_parts(run: Path, root: Path | None) -> tuple[str, ...]:
+    try:
+        return run.resolve().relative_to(root.resolve()).parts if root is not None else (run.name,)
+    except ValueError:
+        return (run.name,)
 
+
+def group_name(group: Sequence[Run], root: Path | None = None) -> str:
+    """A file-name stem for a configuration's plots: the run's path under `root` for one run;
+    for several seeds, the path their runs share plus the number of seeds."""
+    if len(group) == 1:
+        return _plot_name(group[0].path, root)
+    parts = [_relative_parts(r.path, root) for r in group]
+    common: list[str] = []
+    for column in zip(*parts):
+        if len(set(column)) != 1:
+            break
+        common.append(column[0])
+    stem = "__".join(common) if common else _plot_name(group[0].path, root) + "_and_more"
+    return re.sub(r"[^\w.+-]", "_", f"{stem}__{len(group)}_seeds")
+
+
+def group_title(group: Sequence[Run]) -> str:
+    """'ResNet-20 on digits (16 px), Deterministic, 3 seeds': what the configuration is."""
+    first = group[0]
+    size = first.number("image_size")
+    parts = [f"{model_title(first.get('model'), first.get('width'))} on {first.get('data') or '?'}"
+             + (f" ({size:g} px)" if size is not None else "")]
+    parts.append(_method_title(first.get("method") or Method.name))
+    precision = first.get("precision")
+    if precision and precision != "fp32":
+        parts.append(str(precision))
+    if len(group) > 1:
+        seeds = ", ".join(str(r.get("seed")) for r in group)
+        parts.append(f"{len(group)} seeds ({seeds})")
+    elif first.get("seed") is not None:
+        parts.append(f"seed {first.get('seed')}")
+    return ", ".join(parts)
+
+
+_BAND_TEXT = {"minmax": "band: min–max over seeds", "std": "band: mean ± sample std over seeds"}
+
+
+@dataclass
+class ReportFigure:
+    """A figure of the report: `kind` is 'curves' or 'reliability'; `name` is its file stem."""
+    name: str
+    kind: str
+    title: str
+    figure: Any
+    runs: list[Path]
+
+
+def read_eval(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's eval.json (written by `resnets eval`), or None when it has none or it cannot be
+    read (with a warning: the report goes on without it)."""
+    path = Path(run_dir) / run_files.EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"resnets report: warning: {path} is left out: it cannot be read as JSON ({error}).", file=sys.stderr)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _existing(run_dir: Path, named: Any) -> Path | None:
+    """A file eval.json names: as written, else relative to the run, else by name in the run."""
+    if not isinstance(named, str) or not named:
+        return None
+    path = Path(named)
+    for candidate in (path, run_dir / path, run_dir / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def prediction_files(run: Run) -> list[tuple[Path, dict[str, Any] | None]]:
+    """The run's own saved predictions: predictions.npz in the run, or the file its eval.json
+    names when that evaluation was of this run alone; with the eval.json that wrote it."""
+    evaluation = read_eval(run.path)
+    found: list[tuple[Path, dict[str, Any] | None]] = []
+    if evaluation is not None and len(evaluation.get("runs") or [None]) == 1:
+        named = _existing(run.path, evaluation.get("predictions"))
+        if named is not None:
+            found.append((named, evaluation))
+    default = run.path / "predictions.npz"
+    if default.is_file() and not any(p.resolve() == default.resolve() for p, _ in found):
+        found.append((default, None))
+    return found[:1]
+
+
+def read_predictions(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with np.load(path) as npz:
+            return torch.from_numpy(npz["probs"]), torch.from_numpy(npz["labels"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path} cannot be read ({e}): expected an .npz with arrays "
+                        "'probs' (N x C) and 'labels' (N).") from None
+
+
+def report_figures(runs: Sequence[Run], root: str | os.PathLike | None = None,
+                   band: str = "minmax") -> list[ReportFigure]:
+    """The report's figures: per configuration (its seeds together) the training curves, and a
+    reliability diagram of the predictions its runs saved (pooled over seeds), so several
+    methods give one diagram each; then one per deep-ensemble evaluation that saved predictions."""
+    root_path = Path(root) if root is not None else None
+    figures: list[ReportFigure] = []
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        stem, i = name, 2
+        while name in used:
+            name, i = f"{stem}_{i}", i + 1
+        used.add(name)
+        return name
+
+    for group in sorted(group_seeds(runs), key=_row_order):
+        name, title = unique(group_name(group, root_path)), group_title(group)
+        dirs = [r.path for r in group]
+        panels = curve_panels(dirs, band)
+        if any(panels.values()):
+            seeds = max((s.seeds for series in panels.values() for s in series), default=1)
+            subtitle = f"mean of {seeds} seeds, {_BAND_TEXT[band]}" if seeds > 1 else None
+            fig = plots.training_figure(panels, title=title, subtitle=subtitle, log_panels=("loss / NLL",))
+            figures.append(ReportFigure(name, "curves", title, fig, dirs))
+        pooled = [(path, evaluation) for r in group for path, evaluation in prediction_files(r)]
+        if pooled:
+            loaded = [read_predictions(path) for path, _ in pooled]
+            probs = torch.cat([p for p, _ in loaded]) if len(loaded) > 1 else loaded[0][0]
+            labels = torch.cat([y for _, y in loaded]) if len(loaded) > 1 else loaded[0][1]
+            label = title + (f"\npredictions of {len(pooled)} seeds pooled" if len(pooled) > 1 else "")
+            scaled = [e["temperature"] for _, e in pooled if e and e.get("temperature") is not None]
+            if len(scaled) == len(pooled) == 1:
+                label += f" (temperature-scaled, T = {scaled[0]:.3f})"
+            elif scaled:
+                label += f" ({len(scaled)} of {len(pooled)} temperature-scaled)"
+            fig = plots.reliability_diagram(probs, labels, title=label)
+            figures.append(ReportFigure(name, "reliability", label, fig, dirs))
+
+    # Deep ensembles evaluated with `resnets eval RUN1 RUN2 ...`: eval.json in the first run.
+    seen: set[Path] = set()
+    for run in runs:
+        evaluation = read_eval(run.path)
+        if evaluation is None or len(evaluation.get("runs") or []) < 2:
+            continue
+        path = _existing(run.path, evaluation.get("predictions"))
+        if path is None or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        probs, labels = read_predictions(path)
+        title = (f"Deep ensemble of {len(evaluation['runs'])} runs ({_method_title(evaluation.get('base_method'))}) "
+                 f"on {evaluation.get('data')}/{evaluation.get('split')}")
+        if evaluation.get("temperature") is not None:
+            title += f" (T = {evaluation['temperature']:.3f})"
+        fig = plots.reliability_diagram(probs, labels, title=title)
+        figures.append(ReportFigure(unique(_plot_name(run.path, root_path) + "__ensemble"), "reliability", title,
+                                    fig, [run.path]))
+    return figures
+
+
+def write_plots(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                root: str | os.PathLike | None = None, band: str = "minmax",
+                figures: Sequence[ReportFigure] | None = None) -> list[Path]:
+    """The report's figures (see `report_figures`) as PNGs in `out_dir`: NAME_curves.png and
+    NAME_reliability.png per configuration. Returns the paths written."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--plot {str(out_dir)!r}: cannot create the folder ({e.strerror}).") from None
-    written = []
-    root_path = Path(root) if root is not None else None
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        name = _plot_name(run_dir, root_path)
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file():
-            rows = read_metrics(metrics)
-            for suffix, label, keep in (
-                ("acc", "accuracy", lambda k: k.endswith("/acc")),
-                ("nll", "NLL (trn/loss: training loss)", lambda k: k.endswith("/nll") or k == "trn/loss"),
-            ):
-                series = curves(rows, keep)
-                if series:
-                    path = out_dir / f"{name}_{suffix}.png"
-                    plots.training_curves(series, path, label, title=name)
-                    written.append(path)
-        predictions = run_dir / "predictions.npz"
-        if predictions.is_file():
-            import numpy as np
-            import torch
-
-            try:
-                with np.load(predictions) as npz:
-                    probs, labels = torch.from_numpy(npz["probs"]), torch.from_numpy(npz["labels"])
-            except (OSError, ValueError, KeyError) as e:
-                raise UserError(f"{predictions} cannot be read ({e}): expected an .npz with arrays "
-                                "'probs' (N x C) and 'labels' (N).") from None
-            path = out_dir / f"{name}_reliability.png"
-            plots.reliability_diagram(probs, labels, path, title=f"{name}: reliability")
-            written.append(path)
-    return written
+    if figures is None:
+        figures = report_figures(load_runs(run_dirs), root, band)
+    return [plots.save_figure(f.figure, out_dir / f"{f.name}_{f.kind}.png") for f in figures]
 
 
 # ---------------------------------------------------------------- command line
@@ -650,7 +818,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "auto: 003 for ResNet-RS runs only, 000 when a non-deterministic method is "
                              "present, else 001")
     parser.add_argument("--plot", default=None, metavar="DIR",
-                        help="also write training curves (and reliability diagrams) as PNGs into DIR")
+                        help="also write, per configuration (seeds together), training curves and a reliability "
+                             "diagram (where runs saved predictions) as PNGs into DIR")
+    parser.add_argument("--html", default=None, metavar="FILE",
+                        help="also write one self-contained HTML page (tables, curves, reliability diagrams, "
+                             "eval.json results; images embedded, nothing fetched) to FILE")
+    parser.add_argument("--band", default="minmax", choices=list(plots.BANDS),
+                        help="spread drawn around the mean curve of several seeds: minmax (default) or std "
+                             "(mean ± sample standard deviation)")
     parser.add_argument("--out", default=None, metavar="FILE",
                         help="write the report to FILE (links relative to it) instead of stdout")
 
@@ -668,7 +843,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out}: cannot write the report there ({e.strerror}).") from None
     else:
         sys.stdout.write(text)
+    figures = None
+    if args.plot or getattr(args, "html", None):
+        figures = report_figures(load_runs(run_dirs), args.runs_root, getattr(args, "band", "minmax"))
     if args.plot:
-        written = write_plots(run_dirs, args.plot, root=args.runs_root)
+        written = write_plots(run_dirs, args.plot, root=args.runs_root, figures=figures)
         print(f"wrote {len(written)} plot(s) to {args.plot}", file=sys.stderr)
+    if getattr(args, "html", None):
+        from .html_report import write_html
+
+        path = write_html(args.html, run_dirs, root=args.runs_root, table=args.table,
+                          band=getattr(args, "band", "minmax"), figures=figures)
+        print(f"wrote the report page {path}", file=sys.stderr)
     return 0

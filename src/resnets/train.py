@@ -3,139 +3,137 @@
 Reading order: `train` sets up (data, schedule, run directory, model, optimizer, resume),
 `_Trainer.run` is the loop, `_Trainer.evaluate` the periodic evaluation, and `_finish` the
 final evaluation and results.json.
+
+Preemption: SIGTERM, SIGINT or SIGUSR1 make the loop stop at the end of the current step,
+write a checkpoint and raise `TrainingStopped` (the CLI exits with `STOPPED_EXIT_STATUS`, 75);
+a second SIGINT stops at once. Checkpoints are also written at every evaluation and on their
+own clock (`--checkpoint-every`), and each holds everything a resume needs to end bit for bit
+as an uninterrupted run, mid-evaluation-window included. `train` with an `--out` that holds a
+run of the same recipe continues it (or, once finished, returns its results), so a relaunch of
+the same command (torchrun --max-restarts, a Slurm requeue) just works.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import errno
 import itertools
-import json
 import math
 import os
+import shlex
 import shutil
+import signal
+import sys
+import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import export_weights, load_checkpoint, save_checkpoint
-from .config import EXECUTION_FIELDS, Schedule, TrainConfig, default_run_name, resolve_schedule
-from .data import DatasetBundle, eval_batches, load_dataset, steps_per_epoch, train_batches
-from .devices import autocast, device_description, resolve_device, resolve_precision
-from .distributed import DistEnv, barrier, broadcast_object, init_distributed, shutdown
+from . import runs
+from .checkpoint import export_weights, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import (EXECUTION_FIELDS, CheckpointInterval, Schedule, TrainConfig, parse_checkpoint_every,
+                     resolve_schedule)
+from .data import DatasetBundle, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
+from .devices import Runtime, autocast, device_description, resolve_runtime
+from .distributed import Agreement, DistEnv, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
-from .evaluate import Restartable, predict_dataset
-from .methods import Method, build_method
-from .models import create_model
+from .evaluate import EvalRequest, evaluate_runs
+from .methods import method_class
 from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
+from .prediction import Restartable, predict_dataset
+from .recipe import build_run_model, parameter_groups
 
-CONFIG_FILE = "config.yaml"
-LAST_CHECKPOINT = "checkpoints/last.pt"
-BEST_WEIGHTS = "checkpoints/best.safetensors"
-FINAL_WEIGHTS = "model.safetensors"
-EVAL_ONLY_DATASETS = ("imagenet-v2",)
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
+# Evaluation entries that TensorBoard gets from the dense training points instead.
+_DENSE_KEYS = ("trn/loss", "trn/acc", "lr")
+
+# The exit status of a run stopped by a signal after writing its checkpoint: EX_TEMPFAIL
+# (sysexits.h), "try again later": rerun the same command or --resume to continue. A second
+# Ctrl-C stops at once with 130; a run killed by the signal's default action would give 128+N.
+STOPPED_EXIT_STATUS = 75
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+# Iterations between the processes' votes on stopping and on a checkpoint by the clock (see
+# distributed.Agreement): on CUDA every 10 (an all_reduce of two ints and a pinned copy per 10
+# steps, read 10 steps later, so a stop lags a signal by at most 20 steps); gloo processes vote
+# at every step, which costs microseconds against a CPU step.
+_VOTE_EVERY = {"cuda": 10}
+# The clock of --checkpoint-every (tests replace it with a fake one).
+_clock = time.monotonic
+
+
+class TrainingStopped(Exception):
+    """A run stopped by a signal after writing its checkpoint; `resume_command` continues it."""
+    exit_status = STOPPED_EXIT_STATUS
+
+    def __init__(self, message: str, *, signal_name: str, iteration: int, checkpoint: Path, resume_command: str):
+        super().__init__(message)
+        self.signal_name, self.iteration, self.checkpoint = signal_name, iteration, checkpoint
+        self.resume_command = resume_command
+
+
+class _StopSignals:
+    """While active (main thread only): the first SIGTERM, SIGINT or SIGUSR1 is recorded for the loop
+    to stop at its next step boundary; a second SIGINT raises KeyboardInterrupt at once; others
+    repeat the request and are ignored."""
+
+    def __init__(self, announce: bool):
+        self.announce, self.signum = announce, None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.announce:
+                again = " (Ctrl-C again to quit at once, without it)" if signum == signal.SIGINT else ""
+                # os.write: the handler may interrupt a buffered write to stderr (the progress bar).
+                os.write(2, f"\nresnets train: {signal.Signals(signum).name} received: stopping after this step "
+                            f"to write a checkpoint{again}\n".encode())
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
 
 
-def build_model(cfg: TrainConfig, num_classes: int, image_size: int) -> nn.Module:
-    overrides: dict[str, Any] = dict(width=cfg.width, head_bias=cfg.head_bias, head_init=cfg.head_init,
-                                     zero_init_last_bn=cfg.zero_init_last_bn)
-    if cfg.dropout is not None:
-        overrides["dropout"] = cfg.dropout
-    if cfg.drop_path_rate is not None:
-        overrides["drop_path_rate"] = cfg.drop_path_rate
-    try:
-        return create_model(cfg.model, num_classes=num_classes, image_size=image_size, **overrides)
-    except ValueError as error:
-        raise UserError(f"--model {cfg.model}: {error}") from None
-
-
-def method_from_config(cfg: TrainConfig) -> Method:
-    options = {
-        "batchensemble": dict(ensemble_size=cfg.ensemble_size, init=cfg.be_init,
-                              fast_weight_lr_mult=cfg.fast_weight_lr_mult),
-        "mcdropout": dict(samples=cfg.mc_samples),
-        "swa": dict(start=cfg.swa_start, collect_every=cfg.swa_every, lr=cfg.swa_lr),
-        "swag": dict(start=cfg.swa_start, collect_every=cfg.swa_every, lr=cfg.swa_lr,
-                     rank=cfg.swag_rank, samples=cfg.swag_samples),
-    }.get(cfg.method, {})
-    return build_method(cfg.method, **options)
-
-
-def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Coupled L2 (SGD's weight_decay: grad += wd * param) on every parameter, or all but BN's."""
-    bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 for p in m.parameters(recurse=False)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if id(p) in bn_params and not cfg.decay_bn else decay).append(p)
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay, lr_mult=1.0)]
-    if no_decay:
-        groups.append(dict(params=no_decay, weight_decay=0.0, lr_mult=1.0))
-    return groups
-
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    if cfg.out:
-        run_dir = Path(cfg.out)
-    else:
-        name = cfg.name or default_run_name(cfg)
-        stamp = datetime.now().strftime("%Y%m%d%H%M%S")
-        run_dir = Path(cfg.runs_root) / cfg.data / name / str(cfg.seed) / stamp
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run directory {run_dir} already exists and is not empty: choose another --out, or "
-                        f"continue that run with --resume {run_dir}")
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create run directory {run_dir}: {error.strerror}") from None
-    return run_dir
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a resnets run directory: expected {path}")
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(saved, dict) or "config" not in saved:
-        raise UserError(f"{path} is not a resnets run config: expected a mapping with a 'config' key")
-    return TrainConfig.from_dict(saved["config"], source=str(path))
+def _recipe_changes(saved: TrainConfig, given: dict[str, Any]) -> str:
+    """The recipe flags (not execution ones) of `given` that differ from `saved`, as flags."""
+    changed = {k: v for k, v in given.items() if k not in EXECUTION_FIELDS and getattr(saved, k) != v}
+    return ", ".join(f"--{k.replace('_', '-')} {v} (run has {getattr(saved, k)})" for k, v in changed.items())
 
 
 def resume_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
     """The saved config of `run_dir`, with only execution flags (device, workers...) changeable."""
-    cfg = load_run_config(run_dir)
-    changed = {k: v for k, v in given.items() if k not in EXECUTION_FIELDS and getattr(cfg, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v} (run has {getattr(cfg, k)})" for k, v in changed.items())
+    cfg = runs.read_config(run_dir).train_config()
+    flags = _recipe_changes(cfg, given)
+    if flags:
         raise UserError(f"cannot resume {run_dir} with a different recipe: {flags}. A resumed run keeps its saved "
                         "config so that it ends exactly as an uninterrupted run; start a new run instead")
     for key, value in given.items():
         setattr(cfg, key, value)
     cfg.out = str(run_dir)
     return cfg
-
-
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,31 +154,41 @@ class _Progress:
 
 class _Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, data: DatasetBundle, schedule: Schedule,
-                 env: DistEnv, device: torch.device, precision: str, resume: bool):
+                 env: DistEnv, runtime: Runtime, resume: runs.FoundCheckpoint | Path | None = None,
+                 interval: CheckpointInterval = CheckpointInterval(), resume_command: str = ""):
         self.cfg, self.run_dir, self.data, self.schedule = cfg, run_dir, data, schedule
-        self.env, self.device, self.precision = env, device, precision
-        self.channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
+        self.env, self.runtime = env, runtime
+        self.device, self.precision, self.channels_last = runtime.device, runtime.precision, runtime.channels_last
+        self.interval, self.resume_command = interval, resume_command
+        device = self.device
 
         torch.manual_seed(cfg.seed)
-        self.method = method_from_config(cfg)
-        model = self.method.prepare_model(build_model(cfg, data.num_classes, data.image_size))
+        model, self.method = build_run_model(cfg, data.num_classes, data.image_size)
         self.params = count_parameters(model)
         if env.enabled and cfg.sync_bn:
             # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
             model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
                      else convert_to_cross_process_bn(model))
-        self.model = model.to(device, memory_format=self.memory_format)
+        self.model = model.to(device, memory_format=runtime.memory_format)
         groups = self.method.param_groups(self.model, parameter_groups(self.model, cfg))
         self.optimizer = torch.optim.SGD(groups, lr=schedule.peak_lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
                     if cfg.ema_decay else None)
         self.progress = _Progress()
-        if resume:
-            self._load(run_dir / LAST_CHECKPOINT)
+        # What the loop carries between log points and evaluations, and so every checkpoint too:
+        # this process's loss sum, correct, count and skipped fp16 steps since the last log point
+        # (on the device), and the loss sum, correct and count since the last evaluation.
+        self._sums = torch.zeros(4, device=device, dtype=torch.float64)
+        self._window = [0.0, 0.0, 0.0]
+        self._saved_at: int | None = None  # the iteration of the newest checkpoint written or resumed from
+        self._rotate = True  # whether last.pt is a good checkpoint, kept as previous.pt by the next write
+        self._last_save = _clock()
+        self._window_start = self._interval_start = self._wall_start = time.perf_counter()
+        resumed = resume is not None
+        if resumed:
+            self._load(resume)
 
         step_model: nn.Module = self.model
         if env.enabled:
@@ -192,19 +200,35 @@ class _Trainer:
         self.writer = None
         if env.is_main:
             from torch.utils.tensorboard import SummaryWriter
-            # purge_step drops events a killed run wrote after its last checkpoint.
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.progress.iteration)
-            if resume:
-                self._truncate_logs(self.progress.iteration)
+            # purge_step drops events a killed run wrote after its checkpoint (those at the
+            # checkpoint's own step were written before it, so they stay).
+            self.writer = SummaryWriter(str(run_dir / runs.TENSORBOARD_DIR), purge_step=self.progress.iteration + 1
+                                        if resumed else None)
+            remove_stale_temporaries((run_dir / runs.LAST_CHECKPOINT).parent)
+            if resumed:
+                runs.truncate_logs(run_dir, self.progress.iteration)
+                skipped = resume.skipped if isinstance(resume, runs.FoundCheckpoint) else []
+                notes = [f"{problem}; continuing from {self._resumed_from}, nothing lost beyond it"
+                         for problem in skipped]
+                notes.append(f"resuming {run_dir} at iteration {self.progress.iteration}/{schedule.total_iters} "
+                             f"from {self._resumed_from}")
+                for note in notes:
+                    print(f"resnets train: {note}", file=sys.stderr, flush=True)
+                    runs.append_log(run_dir, f"# [{_stamp()}] {note}")
 
     # --- state -------------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, sums: torch.Tensor | None = None) -> dict[str, Any]:
+        if sums is None:
+            sums = torch.zeros(self.env.world_size, 4, dtype=torch.float64)
         state = dict(
             config=self.cfg.to_dict(), iteration=self.progress.iteration, progress=self.progress.__dict__,
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(), method=self.method.state_dict(),
             world_size=self.env.world_size, cpu_rng=torch.get_rng_state(),
+            # Every process's sums since the last log point (one row per rank) and the window since
+            # the last evaluation: a resume between two of them logs what an uninterrupted run does.
+            loop=dict(sums=sums, window=list(self._window)),
         )
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -212,8 +236,12 @@ class _Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path)
+    def _load(self, resume: runs.FoundCheckpoint | Path) -> None:
+        if isinstance(resume, runs.FoundCheckpoint):
+            path, state = resume.path, resume.state
+        else:
+            path = Path(resume)
+            state = load_checkpoint(path)
         if state.get("world_size", 1) != self.env.world_size and not self.cfg.allow_world_size_change:
             raise UserError(f"{path} was written by {state.get('world_size', 1)} process(es) and this resume runs "
                             f"{self.env.world_size}: resume with the same --nproc-per-node x --nnodes, since the "
@@ -233,23 +261,71 @@ class _Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.progress = _Progress(**state["progress"])
+        loop = state.get("loop")  # absent in checkpoints written only at evaluations: all zero there
+        if isinstance(loop, dict):
+            rows = loop.get("sums")
+            if torch.is_tensor(rows) and rows.dim() == 2 and rows.shape[1] == 4:
+                if rows.shape[0] == self.env.world_size:
+                    self._sums.copy_(rows[self.env.rank])
+                elif self.env.is_main:  # another process count (--allow-world-size-change): rank 0 carries all
+                    combined = rows.sum(0)
+                    combined[3] = rows[0, 3]  # skipped steps are the same on every process
+                    self._sums.copy_(combined)
+            self._window = [float(v) for v in loop.get("window", self._window)]
+        self._saved_at = self.progress.iteration
+        # A resume from previous.pt leaves the damaged last.pt to be overwritten, not kept.
+        self._rotate = path.name == Path(runs.LAST_CHECKPOINT).name
+        self._resumed_from = path
 
-    def _truncate_logs(self, iteration: int) -> None:
-        """Drop log entries a killed run wrote after its last checkpoint, so they are not doubled."""
-        metrics_path = self.run_dir / "metrics.jsonl"
-        if metrics_path.exists():
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iter"] <= iteration]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-        log_path = self.run_dir / "train.log"
-        if log_path.exists():
-            kept = [line for line in log_path.read_text().splitlines()
-                    if not line.startswith("[iter ") or int(line[6:].split("/")[0]) <= iteration]
-            log_path.write_text("".join(line + "\n" for line in kept))
+    def save(self, sums: torch.Tensor | None = None) -> None:
+        """Write the checkpoint (main process only; see `checkpoint` for the one every process calls)."""
+        if not self.env.is_main:
+            return
+        last = self.run_dir / runs.LAST_CHECKPOINT
+        try:
+            save_checkpoint(last, self._state(sums), previous=self.run_dir / runs.PREVIOUS_CHECKPOINT
+                            if self._rotate else None)
+        except OSError as error:
+            raise self._write_error(last, error) from None
+        self._rotate = True
 
-    def save(self) -> None:
-        if self.env.is_main:
-            save_checkpoint(self.run_dir / LAST_CHECKPOINT, self._state())
+    def checkpoint(self, count_time: bool = True) -> None:
+        """Every process, at the same iteration: gather the running sums and write the checkpoint.
+
+        `count_time`: add the training and wall time since they were last counted (a checkpoint
+        between evaluations; an evaluation counts them itself). The write is synchronous: it
+        costs well under one step at the default 30-minute interval (benchmarks/checkpoint_cost.py).
+        """
+        iteration = self.progress.iteration
+        rows = self._gathered_sums()
+        self._check_finite(float(rows[:, 0].sum()), iteration)  # never write diverged weights
+        if count_time:
+            now = time.perf_counter()
+            self.progress.train_seconds += now - self._window_start
+            self.progress.wall_seconds += now - self._wall_start
+            self._window_start = self._wall_start = now
+        self.save(rows)
+        self._saved_at = iteration
+        self._last_save = _clock()
+        if count_time:
+            self._window_start = time.perf_counter()  # the write is not training time
+
+    def _gathered_sums(self) -> torch.Tensor:
+        """Every process's running sums since the last log point, one row per rank, on the CPU."""
+        if not self.env.enabled:
+            return self._sums.detach().to("cpu", copy=True).unsqueeze(0)
+        rows = [torch.empty_like(self._sums) for _ in range(self.env.world_size)]
+        dist.all_gather(rows, self._sums)
+        return torch.stack(rows).cpu()
+
+    def _write_error(self, path: Path, error: OSError) -> UserError:
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            reason += " (the disk or quota is full)"
+        kept = (f"the newest intact checkpoint, at iteration {self._saved_at}, is kept in {path.parent}"
+                if self._saved_at is not None else "no checkpoint had been written before")
+        return UserError(f"cannot write checkpoint {path} at iteration {self.progress.iteration}: {reason}. Nothing "
+                         f"was replaced: {kept}. Free space, then continue with `{self.resume_command}`")
 
     @property
     def eval_model(self) -> nn.Module:
@@ -267,7 +343,7 @@ class _Trainer:
     def _eval_iter(self, split):
         return eval_batches(split, batch_size=self.cfg.eval_batch_size, device=self.device, mean=self.data.mean,
                             std=self.data.std, image_size=self.data.image_size, channels_last=self.channels_last,
-                            num_workers=self.num_workers)
+                            num_workers=self.runtime.num_workers)
 
     def evaluate_split(self, split, prefix: str) -> dict[str, float]:
         """Metrics of the evaluation weights on `split` under the method's prediction (rank 0 only)."""
@@ -284,18 +360,24 @@ class _Trainer:
                 results.update(self.evaluate_split(self.data.test, "tst"))
         return results
 
+    def log_train_point(self, point: dict[str, float]) -> None:
+        """A dense training point (every --log-every iterations) to train_metrics.jsonl and TensorBoard."""
+        if not self.env.is_main:
+            return
+        it = self.progress.iteration
+        runs.append_train_metrics(self.run_dir, it, point)
+        for key, value in point.items():
+            self.writer.add_scalar(key, value, it)
+
     def log(self, results: dict[str, float]) -> None:
         if not self.env.is_main:
             return
         it, total = self.progress.iteration, self.schedule.total_iters
-        record = dict(iter=it, **{k: float(v) for k, v in results.items()})
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.run_dir / "train.log", "a") as handle:
-            handle.write(f"[iter {it}/{total}] [{stamp}] {_format_metrics(results)}\n")
+        runs.append_metrics(self.run_dir, it, results)
+        runs.append_log(self.run_dir, runs.log_line(it, total, results))
         for key, value in results.items():
-            self.writer.add_scalar(key, value, it)
+            if key not in _DENSE_KEYS:  # those are drawn from the dense training points
+                self.writer.add_scalar(key, value, it)
         self.writer.flush()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -306,7 +388,7 @@ class _Trainer:
                              image_size=self.data.image_size, augment=self.cfg.augment,
                              randaugment_magnitude=self.cfg.randaugment_magnitude,
                              channels_last=self.channels_last, rank=self.env.rank,
-                             world_size=self.env.world_size, num_workers=self.num_workers)
+                             world_size=self.env.world_size, num_workers=self.runtime.num_workers)
 
     def _set_lr(self, iteration: int) -> float:
         lr = self.method.adjust_lr(self.schedule.lr_at(iteration), iteration, self.schedule.total_iters)
@@ -320,14 +402,14 @@ class _Trainer:
             logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip:
+        if self.cfg.grad_clip or self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # The total norm is not finite exactly when the scaler will skip the step; counted on
+            # the device, so there is no host sync inside the step.
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+            if self.scaler.is_enabled():
+                sums[3] += (~torch.isfinite(norm)).to(sums.dtype)
         self.scaler.step(self.optimizer)
-        if self.scaler.is_enabled():
-            # A skipped fp16 step is counted on the device: no host sync inside the step.
-            found_inf = self.scaler._found_inf_per_device(self.optimizer)
-            sums[3] += sum(v.to(sums.device) for v in found_inf.values())
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         # Running training statistics stay on the device until the next log point.
@@ -345,61 +427,128 @@ class _Trainer:
             bar = tqdm(total=total, initial=start, desc=f"train {cfg.model}", unit="it", dynamic_ncols=True,
                        disable=None)
         self.model.train()
-        sums = torch.zeros(4, device=self.device, dtype=torch.float64)
-        window_start = time.perf_counter()
-        wall_start = time.perf_counter()
-        for iteration in range(start, total):
-            lr = self._set_lr(iteration)
-            x, y = next(stream)
-            self.step(x, y, sums)
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.progress.iteration = iteration + 1
-            self.method.after_step(self.model, iteration + 1, total)
-            done = iteration + 1
+        sums = self._sums  # read (one host sync) only at log points, evaluations and checkpoints
+        vote = Agreement(self.env, self.device, _VOTE_EVERY.get(self.device.type, 1))
+        self._last_save = _clock()
+        self._window_start = self._interval_start = self._wall_start = time.perf_counter()
+        try:
+            with _StopSignals(announce=self.env.is_main) as stops:
+                for iteration in range(start, total):
+                    lr = self._set_lr(iteration)
+                    x, y = next(stream)
+                    self.step(x, y, sums)
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
+                    self.progress.iteration = iteration + 1
+                    self.method.after_step(self.model, iteration + 1, total)
+                    done = iteration + 1
+                    if bar is not None:
+                        bar.update(1)
+                    at_log = done % cfg.log_every == 0
+                    at_eval = done % self.schedule.eval_every == 0 or done == total
+                    if at_log or at_eval:
+                        self._log_point(done, lr, at_log, at_eval, bar)
+                    if self._boundary(done, vote, stops):
+                        vote.close()
+                        self._stop(stops.signum)
+                vote.close()
+        finally:
             if bar is not None:
-                bar.update(1)
-            at_eval = done % self.schedule.eval_every == 0 or done == total
-            if done % cfg.log_every == 0 or at_eval:
-                self._check_finite(sums, done)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}", lr=f"{lr:.4g}")
-            if at_eval:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                now = time.perf_counter()
-                self.progress.train_seconds += now - window_start
-                self.progress.timeline.append([done, self.progress.train_seconds])
-                loss_sum, correct, count, nan_steps = sums.tolist()
-                self.progress.nan_grad_steps += int(nan_steps)
-                stats = {"lr": lr, "trn/loss": loss_sum / max(count, 1), "trn/acc": correct / max(count, 1),
-                         "iter_per_min": self.iter_per_min(), "train_seconds": self.progress.train_seconds}
-                results = self.evaluate(stats)
-                # On a tie the later evaluation wins: it has trained longer at a lower LR.
-                if "val/acc" in results and results["val/acc"] >= self.progress.best.get("val/acc", -1.0):
-                    self.progress.best = {k: v for k, v in results.items() if k[:4] in ("val/", "tst/")}
-                    self.progress.best["iter"] = done
-                    self.export(BEST_WEIGHTS)
-                self.progress.wall_seconds += time.perf_counter() - wall_start
-                wall_start = time.perf_counter()
-                # Log first, checkpoint second: a resume truncates entries past its checkpoint.
-                self.log(results)
-                self.save()
-                barrier(self.env)
-                sums.zero_()
-                window_start = time.perf_counter()
-        if bar is not None:
-            bar.close()
-        self.progress.wall_seconds += time.perf_counter() - wall_start
+                bar.close()
+        self.progress.wall_seconds += time.perf_counter() - self._wall_start
+        self._wall_start = time.perf_counter()
 
-    def _check_finite(self, sums: torch.Tensor, iteration: int) -> None:
-        if not math.isfinite(sums[0].item()):
-            if self.precision == "fp16":
-                return  # fp16 steps with non-finite gradients were skipped and are counted instead
-            raise UserError(
-                f"the training loss became {sums[0].item()} by iteration {iteration} ({self.precision}): training "
-                f"diverged. The last good checkpoint is {self.run_dir / LAST_CHECKPOINT} (untouched). Try a lower "
-                "--lr, a longer --warmup, or --grad-clip")
+    def _log_point(self, done: int, lr: float, at_log: bool, at_eval: bool, bar) -> None:
+        """A log point (train loss, LR, img/s) and/or an evaluation, which also writes a checkpoint."""
+        loss_sum, correct, count, skipped = self._read_sums(self._sums)
+        now = time.perf_counter()
+        self._check_finite(loss_sum, done)
+        self.progress.nan_grad_steps += int(skipped)
+        window = self._window = [self._window[0] + loss_sum, self._window[1] + correct, self._window[2] + count]
+        if at_log:
+            point = {"trn/loss": loss_sum / max(count, 1), "trn/acc": correct / max(count, 1), "lr": lr,
+                     "img_per_sec": count / max(now - self._interval_start, 1e-9), "nan_grad_steps": int(skipped)}
+            self.log_train_point(point)
+            if bar is not None:
+                bar.set_postfix(loss=f"{point['trn/loss']:.4f}", lr=f"{lr:.4g}")
+        self._interval_start = now
+        if not at_eval:
+            return
+        self.progress.train_seconds += now - self._window_start
+        self.progress.timeline.append([done, self.progress.train_seconds])
+        stats = {"lr": lr, "trn/loss": window[0] / max(window[2], 1), "trn/acc": window[1] / max(window[2], 1),
+                 "iter_per_min": self.iter_per_min(), "train_seconds": self.progress.train_seconds}
+        self._window = [0.0, 0.0, 0.0]
+        results = self.evaluate(stats)
+        # On a tie the later evaluation wins: it has trained longer at a lower LR.
+        if "val/acc" in results and results["val/acc"] >= self.progress.best.get("val/acc", -1.0):
+            self.progress.best = {k: v for k, v in results.items() if k[:4] in ("val/", "tst/")}
+            self.progress.best["iter"] = done
+            self.export(runs.BEST_WEIGHTS)
+        self.progress.wall_seconds += time.perf_counter() - self._wall_start
+        self._wall_start = time.perf_counter()
+        # Log first, checkpoint second: a resume truncates entries past its checkpoint.
+        self.log(results)
+        self.checkpoint(count_time=False)
+        barrier(self.env)
+        self._window_start = self._interval_start = time.perf_counter()
+
+    def _boundary(self, done: int, vote: Agreement, stops: _StopSignals) -> bool:
+        """After step `done`: write a checkpoint when one is due, and say whether to stop. Every
+        process decides the same: signals and the clock go through `vote`, iterations are shared."""
+
+        def local() -> tuple[bool, bool]:
+            due = self.interval.seconds is not None and _clock() - self._last_save >= self.interval.seconds
+            return stops.signum is not None, due
+
+        agreed = vote.collect(done, local)
+        stop, due = agreed if agreed is not None else (False, False)
+        stop = stop and done < self.schedule.total_iters  # at the end, finishing is the quicker way out
+        if self.interval.iterations and done % self.interval.iterations == 0:
+            due = True
+        if (stop or due) and self._saved_at != done:
+            self.checkpoint()
+        vote.cast(done, local)
+        return stop
+
+    def _stop(self, signum: int | None) -> None:
+        """Every process, after the checkpoint at this iteration: say where it is, and raise TrainingStopped."""
+        it, total = self.progress.iteration, self.schedule.total_iters
+        name = signal.Signals(signum).name if signum is not None else "a signal to another process"
+        last = self.run_dir / runs.LAST_CHECKPOINT
+        message = (f"stopped by {name} at iteration {it}/{total}: its checkpoint is {last}. Continue with "
+                   f"`{self.resume_command}` (exit status {STOPPED_EXIT_STATUS})")
+        if self.env.is_main:
+            runs.append_log(self.run_dir, f"# [{_stamp()}] {message}")
+            print(f"resnets train: {message}", file=sys.stderr, flush=True)
+            if self.writer is not None:
+                self.writer.close()
+        barrier(self.env)
+        raise TrainingStopped(message, signal_name=name, iteration=it, checkpoint=last,
+                              resume_command=self.resume_command)
+
+    def _read_sums(self, sums: torch.Tensor) -> list[float]:
+        """The device sums as numbers (the one host sync of a log point), then zeroed."""
+        if self.env.enabled:
+            # The logged training loss is the global batch's; skipped steps are the same on
+            # every rank (DDP averages the gradients), so they are counted once.
+            dist.all_reduce(sums[:3])
+        values = sums.tolist()
+        sums.zero_()
+        return values
+
+    def _check_finite(self, loss_sum: float, iteration: int) -> None:
+        if math.isfinite(loss_sum) or self.precision == "fp16":
+            return  # fp16 steps with non-finite gradients were skipped and are counted instead
+        last = self.run_dir / runs.LAST_CHECKPOINT
+        if last.is_file():
+            where = (f"The last good checkpoint, {last}, is kept: resume from it with a lower --lr (a resume "
+                     "keeps the recipe, so start a new run from scratch if the recipe must change)")
+        else:
+            where = "No checkpoint had been written yet"
+        raise UserError(
+            f"the training loss became {loss_sum} by iteration {iteration} ({self.precision}): training "
+            f"diverged. {where}. Try a lower --lr, a longer --warmup, or --grad-clip")
 
     def iter_per_min(self) -> float:
         timeline = self.progress.timeline
@@ -413,76 +562,187 @@ class _Trainer:
         return 60.0 * (end_iter - start_iter) / max(end_time - start_time, 1e-9)
 
 
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg` (with `resume`, continue the run in `cfg.out`) and return results.json's content."""
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    env = init_distributed(device.type)
-    if env.enabled and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
+def train(cfg: TrainConfig, resume: bool = False, *, resume_dir: str | Path | None = None) -> runs.RunResults | None:
+    """Train `cfg` (with `resume`, continue the run in `cfg.out`); results.json's content on the
+    main process, None on the others.
+
+    Without `resume`, an `cfg.out` that already holds a run of the same recipe is continued from
+    its newest intact checkpoint (started again when it was stopped before its first one), and a
+    finished one (results.json) is not trained again: its results are returned. Another recipe
+    there is refused, naming the differing flags. SIGTERM, SIGINT or SIGUSR1 stop the run at the
+    end of a step with a checkpoint and raise `TrainingStopped`. `resume_dir`: the directory the
+    stop message says to resume (a deep ensemble's, for its members; default: the run's).
+    """
+    runtime = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.num_workers, cfg.seed_precision)
+    env = init_distributed(runtime.device.type)
+    if env.enabled and runtime.device.type == "cuda":
+        runtime = dataclasses.replace(runtime, device=torch.device("cuda", env.local_rank))
     try:
-        return _train(cfg, resume, env, device, precision)
+        return _train(cfg, resume, env, runtime, resume_dir)
     finally:
         shutdown(env)
 
 
-def _train(cfg: TrainConfig, resume: bool, env: DistEnv, device: torch.device, precision: str) -> dict[str, Any]:
-    if cfg.ema_decay and cfg.method in ("swa", "swag"):
+def _on_main(env: DistEnv, work):
+    """`work()` on the main process, its (picklable) value, or its UserError, on every process."""
+    value = error = None
+    if env.is_main:
+        try:
+            value = work()
+        except UserError as problem:
+            error = str(problem)
+    value, error = broadcast_object(env, (value, error))
+    if error is not None:
+        raise UserError(error)
+    return value
+
+
+# Files a run writes before its first checkpoint: a relaunch of a run stopped that early deletes
+# them and starts it again.
+_EARLY_RUN_FILES = (runs.CONFIG_FILE, runs.LOG_FILE, runs.METRICS_FILE, runs.TRAIN_METRICS_FILE,
+                    runs.TENSORBOARD_DIR, str(Path(runs.LAST_CHECKPOINT).parent), runs.FINAL_WEIGHTS)
+
+
+def _plan(cfg: TrainConfig, resume: bool) -> tuple[str, str | None, runs.FoundCheckpoint | None]:
+    """What to do with `cfg.out` (main process): ("new" | "restart" | "resume" | "finished", run_dir, checkpoint)."""
+    if resume:
+        run_dir = Path(cfg.out)
+        if (run_dir / runs.RESULTS_FILE).is_file():
+            return "finished", str(run_dir), None
+        if not runs.has_checkpoint(run_dir):
+            raise UserError(f"cannot resume {run_dir}: expected {run_dir / runs.LAST_CHECKPOINT}; the run was "
+                            "stopped before its first checkpoint, so start it again")
+        return "resume", str(run_dir), runs.read_newest_checkpoint(run_dir)
+    if not cfg.out or not Path(cfg.out).is_dir():
+        return "new", cfg.out, None
+    run_dir = Path(cfg.out)
+    checkpoints = (run_dir / runs.LAST_CHECKPOINT).parent
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        # Stopped while building its model, before config.yaml: only an empty checkpoints/ is there.
+        early = [p.name for p in run_dir.iterdir()] == [checkpoints.name] and not any(checkpoints.iterdir())
+        return ("restart" if early else "new"), str(run_dir), None
+    saved = runs.read_config(run_dir).train_config()
+    flags = _recipe_changes(saved, cfg.to_dict())
+    if flags:
+        raise UserError(f"--out {run_dir} holds a run of another recipe: {flags}. A run continues only with its "
+                        f"own recipe: give another --out to start a new run, or continue that one with "
+                        f"`resnets train --resume {shlex.quote(str(run_dir))}`")
+    if (run_dir / runs.RESULTS_FILE).is_file():
+        return "finished", str(run_dir), None
+    if runs.has_checkpoint(run_dir):
+        return "resume", str(run_dir), runs.read_newest_checkpoint(run_dir)
+    return "restart", str(run_dir), None
+
+
+def _resume_command(run_dir: Path, env: DistEnv) -> str:
+    target = shlex.quote(str(run_dir))
+    if not env.enabled:
+        return f"resnets train --resume {target}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    nodes = max(env.world_size // max(per_node, 1), 1)
+    launcher = (f"torchrun --standalone --nproc-per-node {per_node}" if nodes == 1 else
+                f"torchrun --nnodes {nodes} --nproc-per-node {per_node} <your rendezvous flags>")
+    return f"{launcher} -m resnets train --resume {target}"
+
+
+def _disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
+           resume_dir: str | Path | None = None) -> runs.RunResults | None:
+    method = method_class(cfg.method)
+    if cfg.ema_decay and method.averages_weights:
         raise UserError(f"--ema-decay and --method {cfg.method} both average weights and cannot be combined: "
                         "drop one of them")
     if cfg.batch_size % env.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                         f"{env.world_size} processes")
-    if cfg.data in EVAL_ONLY_DATASETS:
+    if dataset_spec(cfg.data).eval_only:
         raise UserError(f"--data {cfg.data} has no training split: it is a test set for `resnets eval "
                         f"RUN_DIR --shift-data {cfg.data}`")
+
+    # Where to train: the main process reads the run directory and tells the others.
+    found: list[runs.FoundCheckpoint | None] = [None]
+
+    def plan():
+        mode, where, checkpoint = _plan(cfg, resume)
+        found[0] = checkpoint
+        return mode, where, str(checkpoint.path) if checkpoint is not None else None
+
+    mode, where, checkpoint_path = _on_main(env, plan)
+    if mode == "finished":
+        if not env.is_main:
+            return None
+        print(f"resnets train: {where} is finished ({runs.RESULTS_FILE} is there); not training it again",
+              file=sys.stderr, flush=True)
+        return runs.read_results(where)
+
     data = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size, download=cfg.download,
                         val_size=cfg.val_size)
-    if data.train is None:
-        raise UserError(f"--data {cfg.data} has no training split: it is for evaluation only (resnets eval)")
     per_epoch = steps_per_epoch(data.train, cfg.batch_size)
-    if per_epoch < 1:
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(data.train)} training images of "
-                        f"--data {cfg.data}")
     schedule = resolve_schedule(cfg, per_epoch)
+    interval = parse_checkpoint_every(cfg.checkpoint_every, total_iters=schedule.total_iters,
+                                      steps_per_epoch=per_epoch)
 
-    run_dir = None
-    if env.is_main:
-        run_dir = Path(cfg.out) if resume else new_run_dir(cfg)
-        if resume and not (run_dir / LAST_CHECKPOINT).is_file():
-            raise UserError(f"cannot resume {run_dir}: expected {run_dir / LAST_CHECKPOINT}; the run was stopped "
-                            "before its first checkpoint, so start it again")
-    run_dir = Path(broadcast_object(env, str(run_dir)))
+    def run_directory() -> str:
+        if mode == "resume":
+            return where
+        if mode == "restart":
+            stopped = Path(where)
+            print(f"resnets train: {stopped} was stopped before its first checkpoint: starting it again",
+                  file=sys.stderr, flush=True)
+            for name in _EARLY_RUN_FILES:
+                path = stopped / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        return str(runs.new_run_dir(cfg))
 
-    trainer = _Trainer(cfg, run_dir, data, schedule, env, device, precision, resume)
-    if env.is_main and not resume:
-        resolved = dict(config=cfg.to_dict(), resolved=dict(
+    run_dir = Path(_on_main(env, run_directory))
+    resuming = mode == "resume"
+    checkpoint = (found[0] if env.is_main else Path(checkpoint_path)) if resuming else None
+    trainer = _Trainer(cfg, run_dir, data, schedule, env, runtime, checkpoint, interval,
+                       _resume_command(Path(resume_dir or run_dir), env))
+    found[0] = checkpoint = None  # the loaded state is in the trainer now
+    if env.is_main and not resuming:
+        runs.write_config(run_dir, cfg, dict(
             total_iters=schedule.total_iters, warmup_iters=schedule.warmup_iters, milestones=schedule.milestones,
             eval_every=schedule.eval_every, steps_per_epoch=schedule.steps_per_epoch, peak_lr=schedule.peak_lr,
             num_classes=data.num_classes, image_size=data.image_size, mean=list(data.mean), std=list(data.std),
-            precision=precision,
-            channels_last=trainer.channels_last, world_size=env.world_size, device=str(device),
-            train_size=len(data.train), val_size=len(data.val) if data.val is not None else 0,
-            test_size=len(data.test) if data.test is not None else 0, params=trainer.params))
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
-        with open(run_dir / "train.log", "a") as handle:
-            handle.write(f"# resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
-                         f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {precision}, "
-                         f"{device_description(device, env.world_size)}\n")
-    trainer.run()
-    return _finish(trainer)
+            precision=runtime.precision, channels_last=runtime.channels_last, world_size=env.world_size,
+            device=str(runtime.device), train_size=len(data.train),
+            val_size=len(data.val) if data.val is not None else 0,
+            test_size=len(data.test) if data.test is not None else 0, params=trainer.params,
+            class_names=data.class_names))
+        runs.append_log(run_dir, f"# resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
+                        f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {runtime.precision}, "
+                        f"{device_description(runtime.device, env.world_size)}")
+    try:
+        trainer.run()
+        return _finish(trainer)
+    except OSError as error:
+        if not _disk_full(error):
+            raise
+        raise UserError(f"cannot write to {run_dir} at iteration {trainer.progress.iteration}: {error.strerror} "
+                        f"({getattr(error, 'filename', None) or 'a log or weights file'}). The checkpoints are kept "
+                        f"intact; free space, then continue with `{trainer.resume_command}`") from None
 
 
-def _finish(trainer: _Trainer) -> dict[str, Any]:
+def _finish(trainer: _Trainer) -> runs.RunResults | None:
     cfg, data, env, progress = trainer.cfg, trainer.data, trainer.env, trainer.progress
     method = trainer.method
     final: dict[str, float] = {}
-    finalizes = type(method).finalize is not Method.finalize
-    if finalizes:
+    if method.finalizes:
         # SWA/SWAG: the averaged (or sampled) weights are the result, BN re-estimated on train batches.
         total = trainer.schedule.total_iters
         method.finalize(trainer.model, Restartable(lambda: itertools.islice(trainer._train_stream(total), 50)))
@@ -492,106 +752,104 @@ def _finish(trainer: _Trainer) -> dict[str, Any]:
         for split, prefix in ((data.val, "val"), (data.test, "tst")):
             # Test is always run once more, to time it; its metrics replace the best-val ones
             # only where the final weights are the result (SWA/SWAG) or there was no validation.
-            if split is None or (prefix == "val" and not finalizes):
+            if split is None or (prefix == "val" and not method.finalizes):
                 continue
             start = time.perf_counter()
             metrics = trainer.evaluate_split(split, prefix)
             if prefix == "tst":
                 test_ms = 1000 * (time.perf_counter() - start) / max(len(split), 1)
-            if finalizes or not progress.best:
+            if method.finalizes or not progress.best:
                 final.update(metrics)
         if cfg.eval_train:
             final.update(trainer.evaluate_split(data.train, "trn"))
-        if finalizes:
-            trainer.export(BEST_WEIGHTS)
+        if method.finalizes:
+            trainer.export(runs.BEST_WEIGHTS)
             trainer.save()
-        trainer.export(FINAL_WEIGHTS)
+        trainer.export(runs.FINAL_WEIGHTS)
     barrier(env)
+    if not env.is_main:
+        return None
 
     best = dict(progress.best) if progress.best else {}
     best.update(final)
-    results: dict[str, Any] = dict(best)
-    results.update({
-        "best_iter": best.get("iter", progress.iteration),
-        "iters": progress.iteration,
-        "iter_per_min": trainer.iter_per_min(),
-        "img_per_sec": trainer.iter_per_min() * cfg.batch_size / 60.0,
-        "params": trainer.params,
-        "train_hours": progress.wall_seconds / 3600.0,
-        "nan_grad_steps": progress.nan_grad_steps,
-        "device": device_description(trainer.device, env.world_size),
-        "precision": trainer.precision,
-        "method": cfg.method,
-        "ensemble_size": cfg.ensemble_size if cfg.method == "batchensemble" else 1,
-        "test_ms_per_example": test_ms,
-        "model": cfg.model, "width": cfg.width, "data": cfg.data, "image_size": data.image_size,
-        "batch_size": cfg.batch_size, "seed": cfg.seed, "preset": cfg.preset,
-        "config_path": CONFIG_FILE, "log_path": "train.log", "checkpoint": FINAL_WEIGHTS,
-        "run_dir": str(trainer.run_dir),
-    })
-    results.pop("iter", None)
-    if env.is_main:
-        (trainer.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        if trainer.writer is not None:
-            trainer.writer.close()
+    best_iter = best.pop("iter", progress.iteration)
+    results = runs.RunResults(
+        metrics=best, best_iter=best_iter, iters=progress.iteration, iter_per_min=trainer.iter_per_min(),
+        img_per_sec=trainer.iter_per_min() * cfg.batch_size / 60.0, params=trainer.params,
+        train_hours=progress.wall_seconds / 3600.0, nan_grad_steps=progress.nan_grad_steps,
+        device=device_description(trainer.device, env.world_size), precision=trainer.precision,
+        seed_precision=cfg.seed_precision,
+        method=cfg.method, ensemble_size=cfg.ensemble_size if method.sized_by_ensemble_size else 1,
+        test_ms_per_example=test_ms,
+        model=cfg.model, width=cfg.width, data=cfg.data, image_size=data.image_size,
+        batch_size=cfg.batch_size, seed=cfg.seed, preset=cfg.preset, run_dir=str(trainer.run_dir))
+    runs.write_results(trainer.run_dir, results)
+    if trainer.writer is not None:
+        trainer.writer.close()
     return results
 
 
-def train_deep_ensemble(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_deep_ensemble(cfg: TrainConfig, resume: bool = False) -> runs.RunResults | None:
     """`--method ensemble`: M deterministic members with seeds seed, seed+1, ... trained by the
-    one loop into <run>/member_<k>/, then evaluated together by `resnets eval`.
+    one loop into <run>/member_<k>/, then evaluated together (evaluate.evaluate_runs).
 
-    A resume continues the member that was interrupted and skips finished ones.
+    A resume, or a relaunch with the same --out and recipe, keeps finished members, continues
+    the one that was stopped (by a signal or a kill) from its checkpoint, and starts the rest; a
+    finished ensemble is not trained again.
     """
-    from . import evaluate  # the `resnets eval` command itself, run on the members
-
     if cfg.ensemble_size < 2:
         raise UserError(f"--ensemble-size {cfg.ensemble_size}: a deep ensemble needs at least 2 members")
-    root = Path(cfg.out) if resume else new_run_dir(cfg)
+    root = Path(cfg.out) if cfg.out else None
+    if not resume and root is not None and (root / runs.CONFIG_FILE).is_file():
+        flags = _recipe_changes(runs.read_config(root).train_config(), cfg.to_dict())
+        if flags:
+            raise UserError(f"--out {root} holds a run of another recipe: {flags}. A run continues only with its "
+                            f"own recipe: give another --out to start a new run, or continue that one with "
+                            f"`resnets train --resume {shlex.quote(str(root))}`")
+        resume = True
+    if resume and (root / runs.RESULTS_FILE).is_file():
+        print(f"resnets train: {root} is finished ({runs.RESULTS_FILE} is there); not training it again",
+              file=sys.stderr, flush=True)
+        return runs.read_results(root)
     if not resume:
-        (root / CONFIG_FILE).write_text(yaml.safe_dump(dict(config=cfg.to_dict(), resolved=dict(
-            members=[f"member_{k}" for k in range(cfg.ensemble_size)])), sort_keys=False))
-    members, member_results = [], []
-    for k in range(cfg.ensemble_size):
-        member_dir = root / f"member_{k}"
-        member_cfg = dataclasses.replace(cfg, method="deterministic", seed=cfg.seed + k, out=str(member_dir),
-                                         name=None)
-        if (member_dir / "results.json").is_file():
-            result = json.loads((member_dir / "results.json").read_text())
-        elif (member_dir / LAST_CHECKPOINT).is_file():
-            result = train(member_cfg, resume=True)
+        checkpoints = Path(runs.LAST_CHECKPOINT).parent
+        if root is not None and root.is_dir() and [p.name for p in root.iterdir()] == [checkpoints.name] \
+                and not any((root / checkpoints).iterdir()):
+            (root / checkpoints).rmdir()  # stopped between creating the folder and writing its config
+        root = runs.new_run_dir(cfg)
+    members = [runs.member_dir(root, k) for k in range(cfg.ensemble_size)]
+    if not resume:
+        runs.write_config(root, cfg, dict(members=[m.name for m in members]))
+    member_results: list[runs.RunResults | None] = []
+    for k, member in enumerate(members):
+        member_cfg = dataclasses.replace(cfg, method="deterministic", seed=cfg.seed + k, out=str(member), name=None)
+        if (member / runs.RESULTS_FILE).is_file():
+            result = runs.read_results(member)
         else:
-            # Killed before its first checkpoint: it holds nothing worth keeping.
-            shutil.rmtree(member_dir, ignore_errors=True)
-            result = train(member_cfg)
-        members.append(member_dir)
+            # A member with a checkpoint continues from it; one stopped before its first checkpoint
+            # starts again (train's relaunch of the same --out); a signal stops the whole ensemble.
+            result = train(member_cfg, resume_dir=root)
         member_results.append(result)
-
-    results: dict[str, Any] = {}
-    if int(os.environ.get("RANK", "0")) == 0:
-        parser = argparse.ArgumentParser()
-        evaluate.add_arguments(parser)
-        for split, prefix in (("val", "val"), ("test", "tst")):
-            if member_results[0].get(f"{prefix}/acc") is None:
-                continue  # the dataset has no such split
-            out = root / f"eval_{split}.json"
-            args = parser.parse_args([*map(str, members), "--split", split, "--out", str(out), "--device", cfg.device,
-                                      "--precision", cfg.precision])
-            evaluate.run(args)
-            metrics = json.loads(out.read_text())["metrics"]
-            results.update({f"{prefix}/{key}": value for key, value in metrics.items() if key != "count"})
-        first = member_results[0]
-        results.update({
-            "iters": first["iters"], "iter_per_min": sum(r["iter_per_min"] for r in member_results) / len(members),
-            "img_per_sec": sum(r["img_per_sec"] for r in member_results) / len(members),
-            "params": sum(r["params"] for r in member_results),
-            "train_hours": sum(r["train_hours"] for r in member_results),
-            "nan_grad_steps": sum(r["nan_grad_steps"] for r in member_results),
-            "device": first["device"], "precision": first["precision"], "method": "ensemble",
-            "ensemble_size": len(members), "model": cfg.model, "width": cfg.width, "data": cfg.data,
-            "image_size": first["image_size"], "batch_size": cfg.batch_size, "seed": cfg.seed, "preset": cfg.preset,
-            "config_path": CONFIG_FILE, "log_path": "member_0/train.log", "checkpoint": None,
-            "members": [m.name for m in members], "run_dir": str(root),
-        })
-        (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if any(r is None for r in member_results):
+        return None  # not the main process of a torchrun
+    metrics: dict[str, float] = {}
+    spec = dataset_spec(cfg.data)
+    for split, prefix in (("val", "val"), (spec.test_split, "tst")):
+        if member_results[0].metrics.get(f"{prefix}/acc") is None:
+            continue  # the run reported no such split
+        report = evaluate_runs(EvalRequest(runs=members, split=split, device=cfg.device, precision=cfg.precision,
+                                           num_workers=cfg.num_workers))
+        metrics.update({f"{prefix}/{key}": value for key, value in report["metrics"].items()})
+    first = member_results[0]
+    results = runs.RunResults(
+        metrics=metrics, iters=first.iters,
+        iter_per_min=sum(r.iter_per_min for r in member_results) / len(members),
+        img_per_sec=sum(r.img_per_sec for r in member_results) / len(members),
+        params=sum(r.params for r in member_results), train_hours=sum(r.train_hours for r in member_results),
+        nan_grad_steps=sum(r.nan_grad_steps for r in member_results), device=first.device,
+        precision=first.precision, method=cfg.method, ensemble_size=len(members), model=cfg.model,
+        width=cfg.width, data=cfg.data, image_size=first.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
+        preset=cfg.preset, log_path=f"{members[0].name}/{runs.LOG_FILE}", checkpoint=None,
+        members=[m.name for m in members], run_dir=str(root))
+    runs.write_results(root, results)
     return results

@@ -9,10 +9,12 @@ from .pipelines import AUGMENTATIONS, eval_batches, steps_per_epoch, train_batch
 from .sources import (
     DATASETS,
     DatasetBundle,
+    DatasetSpec,
     FolderSplit,
     Split,
     TensorSplit,
     cache_dir,
+    dataset_spec,
     load_dataset,
 )
 
@@ -20,10 +22,12 @@ __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "DatasetBundle",
+    "DatasetSpec",
     "FolderSplit",
     "Split",
     "TensorSplit",
     "cache_dir",
+    "dataset_spec",
     "eval_batches",
     "load_dataset",
     "steps_per_epoch",

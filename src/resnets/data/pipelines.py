@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from resnets.devices import default_num_workers
 from resnets.errors import UserError
 
+from .randaugment import TFRandAugment
 from .sources import FolderSplit, Split, TensorSplit, decode_rgb
 
 # "crop" (no mirroring) is for data whose classes are not mirror-symmetric, such as digits.
@@ -172,7 +174,7 @@ def train_batches(
     channels_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
-    num_workers: int = 4,
+    num_workers: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Infinite (x, y) training batches from global iteration ``start_iteration`` on (module doc).
 
@@ -336,11 +338,14 @@ def _train_transform(image_size: int, augment: str, randaugment_magnitude: int |
     if augment == "crop-flip":
         steps.append(v2.RandomHorizontalFlip())
     if randaugment_magnitude is not None:
-        steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude))
+        # TF's ops and 0-10 magnitude scale, as the ResNet-RS configs give it.
+        steps.append(TFRandAugment(num_ops=2, magnitude=randaugment_magnitude))
     return v2.Compose(steps)
 
 
-def _folder_loader(dataset: _FolderImages, device: torch.device, num_workers: int, **batching) -> DataLoader:
+def _folder_loader(dataset: _FolderImages, device: torch.device, num_workers: int | None, **batching) -> DataLoader:
+    if num_workers is None:
+        num_workers = default_num_workers()
     return DataLoader(
         dataset,
         num_workers=num_workers,
@@ -353,11 +358,16 @@ def _folder_loader(dataset: _FolderImages, device: torch.device, num_workers: in
     )
 
 
-def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normalize, channels_last: bool):
+def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normalize, channels_last: bool,
+                   image_hook=None, first_index: int = 0):
+    index = first_index
     for batch in loader:
         if isinstance(batch, _Unreadable):
             raise UserError(batch.message)
         images, labels = batch
+        if image_hook is not None:
+            images = image_hook(images, range(index, index + len(labels)))
+        index += len(labels)
         yield (
             normalize(images.to(device, non_blocking=True), channels_last),
             labels.to(device, non_blocking=True),
@@ -382,13 +392,17 @@ def eval_batches(
     std: Sequence[float],
     image_size: int,
     channels_last: bool = False,
-    num_workers: int = 4,
+    num_workers: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    image_hook: Callable[[torch.Tensor, range], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's shard of ``split`` in order, unaugmented, as normalized (x, y) batches (module doc).
 
     Folder images are resized (shorter side to round(image_size/0.875)) and center-cropped.
+    ``image_hook(images, indices)``, when given, receives each batch as uint8 N×3×S×S on the
+    CPU with the samples' indices in the split and returns the images to use (e.g. corrupted
+    ones); ``num_workers`` None means one DataLoader worker per core, at most 8.
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}.")
@@ -398,19 +412,24 @@ def eval_batches(
     normalize = _Normalize(mean, std, device)
     first, last = rank * len(split) // world_size, (rank + 1) * len(split) // world_size
     if isinstance(split, TensorSplit):
-        return _tensor_eval_batches(split, first, last, batch_size, device, normalize, image_size, channels_last)
+        return _tensor_eval_batches(split, first, last, batch_size, device, normalize, image_size, channels_last,
+                                    image_hook)
     dataset = _FolderImages(split.samples, _eval_transform(image_size))
     shard = torch.utils.data.Subset(dataset, range(first, last))
     loader = _folder_loader(shard, device, num_workers, batch_size=batch_size, shuffle=False)
-    return _device_batches(loader, device, normalize, channels_last)
+    return _device_batches(loader, device, normalize, channels_last, image_hook, first)
 
 
 def _tensor_eval_batches(
     split: TensorSplit, first: int, last: int, batch_size: int, device: torch.device,
-    normalize: _Normalize, image_size: int, channels_last: bool,
+    normalize: _Normalize, image_size: int, channels_last: bool, image_hook=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     _check_tensor_size(split, image_size)
     images, labels = split.on_device(device)
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
-        yield normalize(images[start:stop], channels_last), labels[start:stop]
+        if image_hook is None:
+            batch = images[start:stop]
+        else:
+            batch = _copy_to_device(image_hook(split.images[start:stop], range(start, stop)), device)
+        yield normalize(batch, channels_last), labels[start:stop]

@@ -34,21 +34,6 @@ import torch
 
 from resnets.errors import UserError
 
-DATASETS: tuple[str, ...] = (
-    "digits",
-    "cifar10",
-    "cifar100",
-    "tinyimagenet",
-    "imagenet32",
-    "imagenet64",
-    "npy",
-    "imagenet",
-    "imagenet-v2",
-    "synthetic",
-)
-
-_NOT_FROM_FILES = ("digits", "synthetic")  # built in memory, so --data-dir is not used
-
 # Fraction of the official training set held out (from its tail) as the validation set.
 VAL_FRACTION = 0.1808
 
@@ -116,7 +101,7 @@ class DatasetBundle:
     train: Split | None
     val: Split | None
     test: Split | None
-    class_names: list[str] | None = None
+    class_names: list[str] | None = None  # index -> name, where the publisher ships names
 
 
 @dataclass
@@ -141,12 +126,10 @@ def load_dataset(
     synthetic_size: tuple[int, int, int] | None = None,
 ) -> DatasetBundle:
     """Read dataset ``name`` from ``data_dir`` in its publisher's format (see the module doc)."""
-    if name not in _LOADERS:
-        raise UserError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
-    if name not in _NOT_FROM_FILES and data_dir is None:
+    spec = dataset_spec(name)
+    if spec.from_files and data_dir is None:
         raise UserError(
-            f"Dataset {name!r} is read from files: --data-dir is required (the folder holding "
-            f"{_EXPECTED_LAYOUT[name]})."
+            f"Dataset {name!r} is read from files: --data-dir is required (the folder holding {spec.layout})."
         )
     if image_size is not None and image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}.")
@@ -154,10 +137,11 @@ def load_dataset(
         raise UserError(f"--val-size must be 0 (no validation split) or a positive count, got {val_size}.")
     if num_classes is not None and num_classes < 1:
         raise UserError(f"--num-classes must be positive, got {num_classes}.")
-    if download and name not in _CIFAR:
+    if download and not spec.downloadable:
+        downloadable = " and ".join(n for n, d in DATASETS.items() if d.downloadable)
         raise UserError(
-            f"--download fetches only cifar10 and cifar100; {name!r} cannot be downloaded automatically. "
-            f"Put {_EXPECTED_LAYOUT[name]} in --data-dir yourself and leave --download out."
+            f"--download fetches only {downloadable}; {name!r} cannot be downloaded automatically. "
+            f"Put {spec.layout} in --data-dir yourself and leave --download out."
         )
     request = _Request(
         name=name,
@@ -168,29 +152,20 @@ def load_dataset(
         num_classes=num_classes,
         synthetic_size=synthetic_size,
     )
-    if name not in _NOT_FROM_FILES and not request.data_dir.is_dir() and not (download and name in _CIFAR):
+    if spec.from_files and not request.data_dir.is_dir() and not download:
         raise UserError(
-            f"--data-dir {request.data_dir} is not a folder. Dataset {name!r} expects it to hold {_EXPECTED_LAYOUT[name]}."
+            f"--data-dir {request.data_dir} is not a folder. Dataset {name!r} expects it to hold {spec.layout}."
         )
-    bundle = _LOADERS[name](request)
+    bundle = spec.loader(request)
     return _resize_tensor_splits(bundle)
 
 
-_EXPECTED_LAYOUT = {
-    "digits": "nothing (scikit-learn ships it)",
-    "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)",
-    "cifar100": "cifar-100-python/ (train, test, meta)",
-    "tinyimagenet": "tiny-imagenet-200/ (wnids.txt, train/, val/)",
-    "imagenet32": "train_data_batch_1..10.npz and val_data.npz (or the Imagenet32_train_npz/ and Imagenet32_val_npz/ folders)",
-    "imagenet64": "train_data_batch_1..10.npz and val_data.npz (or the Imagenet64_train_part1_npz/, Imagenet64_train_part2_npz/ and Imagenet64_val_npz/ folders)",
-    "npy": "train_images.npy, train_labels.npy, test_images.npy and test_labels.npy",
-    "imagenet": "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG",
-    "imagenet-v2": "the numbered class folders 0..999 (e.g. imagenetv2-matched-frequency-format-val/)",
-    "synthetic": "nothing (generated)",
-}
-
-
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def _published(request: _Request):
+    """The dataset's published (mean, std) from its registry record."""
+    return DATASETS[request.name].stats
 
 
 def _tail_split(
@@ -314,6 +289,10 @@ _CIFAR = {
     ),
 }
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_CIFAR_LAYOUT_TEXT = {
+    name: f"{layout.folder}/ ({', '.join(layout.train_files + layout.test_files + (layout.meta_file,))})"
+    for name, layout in _CIFAR.items()
+}
 
 
 def _pickle_value(record: dict, key: bytes, path: Path):
@@ -400,7 +379,7 @@ def _load_cifar(request: _Request) -> DatasetBundle:
     train, val = _tail_split(train_images, train_labels, request.val_size, str(folder))
     return DatasetBundle(
         name=request.name, num_classes=num_classes, image_size=request.image_size or 32,
-        mean=layout.mean, std=layout.std, train=train, val=val,
+        mean=_published(request)[0], std=_published(request)[1], train=train, val=val,
         test=TensorSplit(test_images, test_labels), class_names=class_names,
     )
 
@@ -509,7 +488,7 @@ def _load_downsampled(request: _Request) -> DatasetBundle:
     val = TensorSplit(*_read_downsampled([val_file], size, num_classes)) if keep_val else None
     return DatasetBundle(
         name=request.name, num_classes=num_classes, image_size=request.image_size or size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=TensorSplit(train_images, train_labels), val=val, test=None,
+        mean=_published(request)[0], std=_published(request)[1], train=TensorSplit(train_images, train_labels), val=val, test=None,
     )
 
 
@@ -685,7 +664,7 @@ def _load_tinyimagenet(request: _Request) -> DatasetBundle:
             wnid, _, names = line.partition("\t")
             words[wnid.strip()] = names.strip()
     return DatasetBundle(
-        name=request.name, num_classes=num_classes, image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        name=request.name, num_classes=num_classes, image_size=size, mean=_published(request)[0], std=_published(request)[1],
         train=train, val=val, test=TensorSplit(arrays["val_images"], arrays["val_labels"]),
         class_names=[words.get(wnid) or wnid for wnid in wnids],
     )
@@ -738,7 +717,7 @@ def _load_imagenet(request: _Request) -> DatasetBundle:
         raise UserError(f"No images (.JPEG, .jpg, .png) found in the class folders of {root / 'train'}.")
     return DatasetBundle(
         name=request.name, num_classes=num_classes, image_size=request.image_size or 224,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=FolderSplit(train),
+        mean=_published(request)[0], std=_published(request)[1], train=FolderSplit(train),
         val=FolderSplit(_folder_samples(root / "val", val_wnids, labels)) if keep_val else None,
         test=None, class_names=train_wnids,
     )
@@ -786,7 +765,7 @@ def _load_imagenet_v2(request: _Request) -> DatasetBundle:
         raise UserError(f"No images (.jpeg, .jpg, .png) found in the numbered class folders of {root}.")
     return DatasetBundle(
         name=request.name, num_classes=num_classes, image_size=request.image_size or 224,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=None, val=None, test=FolderSplit(samples),
+        mean=_published(request)[0], std=_published(request)[1], train=None, val=None, test=FolderSplit(samples),
     )
 
 
@@ -902,20 +881,73 @@ def _load_synthetic(request: _Request) -> DatasetBundle:
         return TensorSplit(images, torch.randint(0, num_classes, (n,), generator=generator))
 
     return DatasetBundle(
-        name=request.name, num_classes=num_classes, image_size=size, mean=NOISE_MEAN, std=NOISE_STD,
+        name=request.name, num_classes=num_classes, image_size=size, mean=_published(request)[0], std=_published(request)[1],
         train=split(n_train), val=split(n_val), test=split(n_test),
     )
 
 
-_LOADERS: dict[str, Callable[[_Request], DatasetBundle]] = {
-    "digits": _load_digits,
-    "cifar10": _load_cifar,
-    "cifar100": _load_cifar,
-    "tinyimagenet": _load_tinyimagenet,
-    "imagenet32": _load_downsampled,
-    "imagenet64": _load_downsampled,
-    "npy": _load_npy,
-    "imagenet": _load_imagenet,
-    "imagenet-v2": _load_imagenet_v2,
-    "synthetic": _load_synthetic,
-}
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the rest of the package knows about a dataset, in one record."""
+
+    name: str
+    loader: Callable[[_Request], DatasetBundle]
+    help: str
+    layout: str  # what --data-dir must hold
+    num_classes: int | None  # fixed, or None: read from the files or chosen by the caller
+    image_size: int | None  # default resolution, or None: the files'
+    # Published normalization (mean, std), or None: computed from the training split.
+    stats: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    splits: tuple[str, ...]  # which of train, val, test it has
+    from_files: bool = True  # False: built in memory, --data-dir unused
+    downloadable: bool = False  # --download fetches it (torchvision)
+
+    @property
+    def eval_only(self) -> bool:
+        return "train" not in self.splits
+
+    @property
+    def test_split(self) -> str:
+        """The split `resnets train` reports as its final result: test, or val where the
+        publisher ships no test set (ImageNet's official validation set)."""
+        return "test" if "test" in self.splits else "val"
+
+
+_IMAGENET_STATS = (IMAGENET_MEAN, IMAGENET_STD)
+_TAIL = ("train", "val", "test")  # train's tail as val, the official test set as test
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("digits", _load_digits, "scikit-learn's 8x8 handwritten digits, bundled (offline)",
+                "nothing (scikit-learn ships it)", 10, 32, None, _TAIL, from_files=False),
+    DatasetSpec("cifar10", _load_cifar, "CIFAR-10, python version", _CIFAR_LAYOUT_TEXT["cifar10"], 10, 32,
+                (CIFAR10_MEAN, CIFAR10_STD), _TAIL, downloadable=True),
+    DatasetSpec("cifar100", _load_cifar, "CIFAR-100, python version", _CIFAR_LAYOUT_TEXT["cifar100"], 100, 32,
+                (CIFAR100_MEAN, CIFAR100_STD), _TAIL, downloadable=True),
+    DatasetSpec("tinyimagenet", _load_tinyimagenet, "TinyImageNet-200 (its val set as test)",
+                "tiny-imagenet-200/ (wnids.txt, train/, val/)", 200, 64, _IMAGENET_STATS, _TAIL),
+    DatasetSpec("imagenet32", _load_downsampled, "downsampled ImageNet 32x32 (Chrabaszcz et al. 2017)",
+                "train_data_batch_1..10.npz and val_data.npz (or the Imagenet32_train_npz/ and "
+                "Imagenet32_val_npz/ folders)", None, 32, _IMAGENET_STATS, ("train", "val")),
+    DatasetSpec("imagenet64", _load_downsampled, "downsampled ImageNet 64x64 (Chrabaszcz et al. 2017)",
+                "train_data_batch_1..10.npz and val_data.npz (or the Imagenet64_train_part1_npz/, "
+                "Imagenet64_train_part2_npz/ and Imagenet64_val_npz/ folders)", None, 64, _IMAGENET_STATS,
+                ("train", "val")),
+    DatasetSpec("npy", _load_npy, "seed 001's own layout of .npy arrays",
+                "train_images.npy, train_labels.npy, test_images.npy and test_labels.npy", None, None, None, _TAIL),
+    DatasetSpec("imagenet", _load_imagenet, "ImageNet 2012 JPEG folders (official val as val)",
+                "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG", None, 224, _IMAGENET_STATS, ("train", "val")),
+    DatasetSpec("imagenet-v2", _load_imagenet_v2, "ImageNet-V2 test set (evaluation only)",
+                "the numbered class folders 0..999 (e.g. imagenetv2-matched-frequency-format-val/)", None, 224,
+                _IMAGENET_STATS, ("test",)),
+    DatasetSpec("synthetic", _load_synthetic, "uniform noise images (benchmarks and tests)",
+                "nothing (generated)", None, 32, (NOISE_MEAN, NOISE_STD), _TAIL, from_files=False),
+)}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise UserError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
+    return DATASETS[name]

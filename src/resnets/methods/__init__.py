@@ -12,15 +12,27 @@ from .mcdropout import MCDropout
 from .swag import SWA, SWAG
 from .temperature import apply_temperature, fit_temperature
 
-# Methods a training run can use. A deep ensemble is built from finished runs instead
-# (DeepEnsemble), so it is not trained by name.
+# Every method by its --method name; adding one is a file in this folder and a line here.
+# A deep ensemble (separate_runs) is trained as several runs and built from their weights.
 METHODS: dict[str, type[Method]] = {
     "deterministic": Method,
     "batchensemble": BatchEnsemble,
     "mcdropout": MCDropout,
     "swa": SWA,
     "swag": SWAG,
+    "ensemble": DeepEnsemble,
 }
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise UserError(f"--method {name!r} is unknown: expected one of {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def method_from_config(cfg) -> Method:
+    """The method a TrainConfig describes (a deep ensemble's members each use the deterministic one)."""
+    return method_class(cfg.method).from_config(cfg)
 
 
 def method_options(name: str) -> dict[str, Any]:
@@ -32,8 +44,7 @@ def method_options(name: str) -> dict[str, Any]:
 
 def build_method(name: str, **options: Any) -> Method:
     """The method called `name`, configured with `options` (e.g. ensemble_size=4)."""
-    if name not in METHODS:
-        raise UserError(f"--method {name!r} is unknown: expected one of {', '.join(METHODS)}.")
+    method_class(name)
     known = method_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -44,5 +55,6 @@ def build_method(name: str, **options: Any) -> Method:
 
 __all__ = [
     "METHODS", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "MCDropout", "Method", "Prediction",
-    "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_options",
+    "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_class",
+    "method_from_config", "method_options",
 ]

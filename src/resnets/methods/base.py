@@ -2,8 +2,9 @@
 
 A method never copies the model or the loop: it may convert the model once
 (`prepare_model`), reshape a training batch (`train_batch`), collect state after a step
-(`after_step`), and decide how probabilities are predicted (`predict`).
-The deterministic method is this base class itself.
+(`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
+it is (the class attributes below and `from_config`), so that the loop, the evaluator and the
+report ask it instead of testing its name. The deterministic method is this base class itself.
 """
 from __future__ import annotations
 
@@ -23,8 +24,27 @@ class Prediction:
 
 class Method:
     name = "deterministic"
+    title = "Deterministic"  # as the seed tables name it
     # How many predictions one forward pass makes per input image (BatchEnsemble: M).
     members = 1
+    # Whether --ensemble-size sets its number of members (and names its runs).
+    sized_by_ensemble_size = False
+    # Whether eval_passes yields exactly once (else the passes are averaged as members).
+    single_pass = True
+    # Whether `finalize` turns collected state into the result after the last step (SWA/SWAG):
+    # then the final weights, not the best-val ones, are the run's result.
+    finalizes = False
+    # Whether it averages weights itself (and so cannot be combined with an EMA of them).
+    averages_weights = False
+    # Whether state_dict() holds state that evaluation needs (read back from last.pt).
+    stateful = False
+    # Whether it is trained as several separate runs rather than by one pass of the loop.
+    separate_runs = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "Method":
+        """The method as a TrainConfig describes it (its --method options)."""
+        return cls()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Convert the freshly created model (before the optimizer exists)."""

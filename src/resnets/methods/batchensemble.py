@@ -141,6 +141,12 @@ def fast_weight_names(model: nn.Module) -> tuple[set[str], set[str]]:
 
 class BatchEnsemble(Method):
     name = "batchensemble"
+    title = "BatchEnsemble"
+    sized_by_ensemble_size = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "BatchEnsemble":
+        return cls(ensemble_size=cfg.ensemble_size, init=cfg.be_init, fast_weight_lr_mult=cfg.fast_weight_lr_mult)
 
     def __init__(self, ensemble_size: int = 4, init: str = "normal", fast_weight_lr_mult: float = 0.25):
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
@@ -171,11 +177,17 @@ class BatchEnsemble(Method):
         As in uncertainty-baselines, the multiplier applies to everything that is per member:
         r, s and the head's per-member bias. The r/s factors also get no weight decay there
         (decay would pull them from 1 towards 0); the per-member bias keeps its group's decay.
+        uncertainty-baselines also scales the BatchNorm scales and shifts (its rule is "every
+        variable whose name has neither 'batch_norm' nor 'kernel'", and its ResNet-50 names its BN
+        layers bn2a_branch2a...; baselines/imagenet/batchensemble.py with
+        models/resnet50_batchensemble.py), so they get it here too, with their group's decay.
         Every other key of a base group (its weight decay, an existing lr_mult) carries over.
         """
         factor_names, bias_names = fast_weight_names(model)
         factor_ids = {id(p) for n, p in model.named_parameters() if n in factor_names}
         bias_ids = {id(p) for n, p in model.named_parameters() if n in bias_names}
+        bias_ids |= {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                     for p in m.parameters(recurse=False)}
         groups = []
         for group in base:
             params = list(group["params"])

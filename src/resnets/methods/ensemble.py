@@ -66,6 +66,15 @@ class DeepEnsemble(Method):
     """
 
     name = "ensemble"
+    title = "Ensemble"
+    sized_by_ensemble_size = True
+    single_pass = False
+    separate_runs = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "DeepEnsemble":
+        raise UserError("a deep ensemble is built from its members' finished runs (DeepEnsemble(states)), "
+                        "not from one config: train it with `resnets train --method ensemble`.")
 
     def __init__(self, members: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None,
                  base: Method | None = None):

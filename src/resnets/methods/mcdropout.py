@@ -19,6 +19,11 @@ def dropout_modules(model: nn.Module) -> list[_DropoutNd]:
 
 class MCDropout(Method):
     name = "mcdropout"
+    title = "MC Dropout"
+
+    @classmethod
+    def from_config(cls, cfg) -> "MCDropout":
+        return cls(samples=cfg.mc_samples)
 
     def __init__(self, samples: int = 10, rate: float | None = None):
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:

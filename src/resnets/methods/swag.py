@@ -71,6 +71,14 @@ def _reiterable(batches: Iterable, limit: int | None) -> Iterable:
 
 class SWA(Method):
     name = "swa"
+    title = "SWA"
+    finalizes = True
+    averages_weights = True
+    stateful = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "SWA":
+        return cls(start=cfg.swa_start, collect_every=cfg.swa_every, lr=cfg.swa_lr)
 
     def __init__(self, start: float = 0.75, collect_every: int = 100, lr: float | None = None,
                  bn_batches: int | None = 50):
@@ -160,6 +168,13 @@ class SWA(Method):
 
 class SWAG(SWA):
     name = "swag"
+    title = "SWAG"
+    single_pass = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "SWAG":
+        return cls(start=cfg.swa_start, collect_every=cfg.swa_every, lr=cfg.swa_lr, rank=cfg.swag_rank,
+                   samples=cfg.swag_samples)
 
     def __init__(self, start: float = 0.75, collect_every: int = 100, lr: float | None = None,
                  bn_batches: int | None = 50, rank: int = 20, samples: int = 30, scale: float = 0.5,

@@ -52,7 +52,7 @@ for _depth, (_layers, _size, _drop_path, _dropout) in _RESNETRS.items():
 # Options a caller may override, by name, with the ResNet argument each one sets.
 OVERRIDABLE = (
     "width", "stem", "shortcut", "se_ratio", "drop_path_rate", "drop_path_rule", "dropout",
-    "head_bias", "head_init", "zero_init_last_bn", "in_chans",
+    "head_bias", "head_init", "zero_init_last_bn", "in_chans", "bn_momentum",
 )
 
 

@@ -240,6 +240,7 @@ class ResNet(nn.Module):
         head_init: Literal["default", "zero", "normal"] = "default",
         zero_init_last_bn: bool = True,
         in_chans: int = 3,
+        bn_momentum: float = 0.1,
     ):
         super().__init__()
         if len(layers) != len(widths):
@@ -267,11 +268,14 @@ class ResNet(nn.Module):
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
 
-        self.num_features = in_ch
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_ch, num_classes, bias=head_bias)
         self._init_weights(head_init, zero_init_last_bn)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                # PyTorch's convention: running = (1 - momentum) * running + momentum * batch.
+                m.momentum = bn_momentum
 
     def _init_weights(self, head_init: str, zero_init_last_bn: bool) -> None:
         for m in self.modules():

@@ -9,8 +9,24 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward pass sums the gradients too: every process's loss
+    depends on every process's statistics."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
 
 
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):
@@ -21,7 +37,7 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         x32 = x.float()
         count = torch.full((1,), x.numel() // channels, dtype=torch.float32, device=x.device)
         local = torch.cat([x32.sum((0, 2, 3)), (x32 * x32).sum((0, 2, 3)), count])
-        total = dist_fn.all_reduce(local)  # the backward pass all-reduces the gradients too
+        total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:channels] / n
         var = (total[channels:2 * channels] / n - mean * mean).clamp_min(0.0)

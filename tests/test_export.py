@@ -1,0 +1,137 @@
+"""`resnets export` on tiny real runs: ONNX graphs that onnxruntime runs at any batch size with the
+probabilities `resnets eval` computes, TorchScript round trips, deep ensembles, the sidecar, and
+the error when the format's package is missing."""
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnets.cli import main
+from resnets.data import TensorSplit, eval_batches, load_dataset
+from resnets.prediction import predict_dataset
+from resnets.runs import load_run, read_run
+from tiny_runs import IMAGE_SIZE, make_runs
+
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """uint8 digits test images at the runs' size and, as the graph takes them, in [0, 1]."""
+    images = load_dataset("digits", image_size=IMAGE_SIZE).test.images[:12]
+    return images, images.float() / 255
+
+
+def eval_probs(run, images):
+    """What `resnets eval` computes for these uint8 images: the run's method through the eval pipeline."""
+    loaded = load_run(run)
+    _, resolved = read_run(run)
+    split = TensorSplit(images, torch.zeros(len(images), dtype=torch.int64))
+
+    def batches():
+        return eval_batches(split, batch_size=5, device="cpu", mean=resolved["mean"], std=resolved["std"],
+                            image_size=IMAGE_SIZE, num_workers=0)
+
+    out = predict_dataset(loaded.model, loaded.method, batches, int(resolved["num_classes"]))
+    return out.probs.numpy(), None if out.member_probs is None else out.member_probs.numpy()
+
+
+def export(*argv):
+    return main(["export", *map(str, argv)])
+
+
+@pytest.mark.parametrize("kind", ["det", "be"])
+def test_onnx_matches_eval_in_onnxruntime_at_two_batch_sizes(runs, digits, tmp_path, kind):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    run = runs[kind]
+    out = tmp_path / "model.onnx"
+    assert export(run, "--format", "onnx", "--out", out) == 0
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    _, resolved = read_run(run)
+    assert sidecar["format"] == "onnx" and sidecar["image_size"] == IMAGE_SIZE and sidecar["num_classes"] == 10
+    assert sidecar["mean"] == pytest.approx(resolved["mean"]) and sidecar["std"] == pytest.approx(resolved["std"])
+    assert sidecar["class_names"] == [str(d) for d in range(10)]
+    assert sidecar["input"]["shape"] == ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert sidecar["input"]["value_range"] == [0.0, 1.0] and sidecar["input"]["normalized_inside"] is True
+    assert sidecar["method"] == {"det": "deterministic", "be": "batchensemble"}[kind]
+    assert sidecar["members"] == {"det": 1, "be": 2}[kind]
+    assert sidecar["check"]["max_abs_diff"] < 1e-4
+
+    u8, images = digits
+    want, want_members = eval_probs(run, u8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for rows in (slice(0, 1), slice(1, 12)):  # one file, two batch sizes
+        got = session.run(None, {"images": images[rows].numpy()})[0]
+        assert got.shape == (rows.stop - rows.start, 10)
+        np.testing.assert_allclose(got, want[rows], rtol=0, atol=1e-4)
+
+    if kind == "be":
+        members = tmp_path / "members.onnx"
+        assert export(run, "--out", members, "--members") == 0
+        assert json.loads(Path(f"{members}.json").read_text())["output"]["shape"] == [2, "batch", 10]
+        session = ort.InferenceSession(str(members), providers=["CPUExecutionProvider"])
+        for rows in (slice(0, 3), slice(3, 10)):
+            got = session.run(None, {"images": images[rows].numpy()})[0]
+            assert got.shape == (2, rows.stop - rows.start, 10)
+            np.testing.assert_allclose(got, want_members[:, rows], rtol=0, atol=1e-4)
+
+
+def _load_torchscript(path):
+    files = {"resnets.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated upstream
+        return torch.jit.load(str(path), _extra_files=files), json.loads(files["resnets.json"])
+
+
+def test_torchscript_round_trip(runs, digits, tmp_path):
+    out = tmp_path / "model.pt"
+    assert export(runs["be"], "--format", "torchscript", "--out", out) == 0
+    module, embedded = _load_torchscript(out)
+    assert embedded["method"] == "batchensemble" and embedded["image_size"] == IMAGE_SIZE
+    assert json.loads(Path(f"{out}.json").read_text())["check"]["max_abs_diff"] < 1e-5
+    u8, images = digits
+    want, _ = eval_probs(runs["be"], u8)
+    with torch.no_grad():
+        for rows in (slice(0, 2), slice(2, 12)):
+            np.testing.assert_allclose(module(images[rows]).numpy(), want[rows], rtol=0, atol=1e-5)
+
+
+def test_deep_ensemble_is_one_graph_averaging_its_members(runs, digits, tmp_path):
+    out = tmp_path / "ensemble.pt"
+    assert export(runs["det"], runs["det2"], "--format", "torchscript", "--out", out, "--members") == 0
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert sidecar["method"] == "ensemble" and sidecar["members"] == 2 and sidecar["member_kind"] == "runs"
+    module, _ = _load_torchscript(out)
+    u8, images = digits
+    with torch.no_grad():
+        got = module(images).numpy()
+    assert got.shape == (2, 12, 10)
+    for index, run in enumerate((runs["det"], runs["det2"])):
+        np.testing.assert_allclose(got[index], eval_probs(run, u8)[0], rtol=0, atol=1e-5)
+
+
+def test_default_file_is_in_the_run(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["det"], run)
+    assert export(run, "--format", "torchscript") == 0
+    assert (run / "model.pt").is_file() and (run / "model.pt.json").is_file()
+
+
+def test_missing_onnx_package_names_the_install_command(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    out = tmp_path / "model.onnx"
+    assert export(runs["det"], "--format", "onnx", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'onnx>=1.15' 'onnxruntime>=1.17'" in err and "Traceback" not in err
+    assert not out.exists()
