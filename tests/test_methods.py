@@ -13,7 +13,7 @@ from resnets.methods import (
     check_compatible, fit_temperature,
 )
 from resnets.methods.batchensemble import BatchEnsembleConv2d, BatchEnsembleLinear
-from resnets.methods.swag import flatten_parameters
+from resnets.methods.swag import assign_parameters, flatten_parameters, recompute_bn
 
 
 def tiny_resnet(seed=0, **overrides):
@@ -389,6 +389,49 @@ def test_swag_eval_passes_sample_and_restore():
         assert torch.equal(a, b)
     for k, v in model.state_dict().items():
         assert torch.equal(v, final[k]), k
+
+
+def test_swag_sample_bn_statistics_are_recomputed_once_and_reused(monkeypatch):
+    """An evaluation with corruptions goes over the SWAG samples once per corrupted set; the BN
+    statistics of each sample are the same every time, so they are recomputed on the first pass
+    only, and equal to recomputing them by hand for that sample's weights."""
+    import resnets.methods.swag as swag_module
+
+    model = tiny_resnet()
+    method = SWAG(start=0.0, collect_every=1, rank=2, samples=3, bn_batches=2)
+    for step in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        method.after_step(model, step, 3)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 8, 8, generator=gen), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
+    method.finalize(model, batches)
+    calls = []
+    real_update_bn = swag_module.update_bn
+    monkeypatch.setattr(swag_module, "update_bn", lambda *a, **k: (calls.append(1), real_update_bn(*a, **k))[1])
+
+    def buffers_per_pass():
+        return [{k: v.clone() for k, v in model.named_buffers()} for _ in method.eval_passes(model)]
+
+    first, second = buffers_per_pass(), buffers_per_pass()
+    assert len(calls) == 3  # one recomputation per sample, none on the second pass
+    reference = copy.deepcopy(model)
+    sample_gen = torch.Generator().manual_seed(method.seed)
+    for got_first, got_second in zip(first, second):
+        assign_parameters(reference, method.sample(sample_gen))
+        recompute_bn(reference, batches, None)
+        for name, expected in reference.named_buffers():
+            assert torch.equal(got_first[name], expected), name
+            assert torch.equal(got_second[name], expected), name
+    mean_key = next(k for k in first[0] if k.endswith("running_mean"))
+    assert not torch.equal(first[0][mean_key], first[1][mean_key])  # each sample has its own statistics
+
+    # Another snapshot changes the distribution, so the statistics are recomputed.
+    calls.clear()
+    method.after_step(model, 4, 4)
+    buffers_per_pass()
+    assert len(calls) == 3
 
 
 # -- temperature scaling -----------------------------------------------------------------------

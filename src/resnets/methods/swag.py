@@ -155,6 +155,7 @@ class SWA(Method):
             warnings.warn(f"{self.name} collected no weights; the final model is the last iterate", stacklevel=2)
             return
         self._bn_source = _reiterable(train_batches, self.bn_batches)
+        self._sample_buffers = None
         assign_parameters(model, self.mean)
         recompute_bn(model, self._bn_source, self.bn_batches)
 
@@ -197,6 +198,11 @@ class SWAG(SWA):
         # A ring buffer of the last `rank` deviations: row (k mod rank) holds the k-th one.
         self.deviations: torch.Tensor | None = None
         self.num_deviations = 0
+        # The BatchNorm statistics of each weight sample, recomputed on the first pass over the
+        # samples and reused after: the samples (a seeded generator) and the BN batches (a pure
+        # function of the run's seed) are the same every time, and an evaluation with corruptions
+        # goes over the samples once per corrupted set (16x the BN work on digits, 76x on ImageNet-C).
+        self._sample_buffers: tuple[tuple, list[dict[str, torch.Tensor]]] | None = None
 
     def _collect_extra(self, w: torch.Tensor) -> None:
         if self.sq_mean is None:
@@ -245,12 +251,23 @@ class SWAG(SWA):
             return
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         generator = torch.Generator(device=self.mean.device).manual_seed(self.seed)
+        key = (self.count, self.num_deviations, self.samples, self.scale, self.seed, self.bn_batches)
+        cached = self._sample_buffers[1] if self._sample_buffers and self._sample_buffers[0] == key else None
+        computed = []
         try:
-            for _ in range(self.samples):
+            for index in range(self.samples):
                 assign_parameters(model, self.sample(generator))
-                recompute_bn(model, self._bn_source, self.bn_batches)
+                if cached is None:
+                    recompute_bn(model, self._bn_source, self.bn_batches)
+                    computed.append({name: b.detach().clone() for name, b in model.named_buffers()})
+                else:
+                    with torch.no_grad():
+                        for name, b in model.named_buffers():
+                            b.copy_(cached[index][name])
                 model.eval()
                 yield
+            if cached is None:
+                self._sample_buffers = (key, computed)
         finally:
             model.load_state_dict(saved)
 
