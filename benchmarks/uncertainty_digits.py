@@ -64,6 +64,7 @@ class Run:
     params: int = 0
     train_s: float = 0.0  # the runs' own training time (results.json train_hours; members summed)
     eval_s: float = 0.0   # wall time of `resnets eval` (clean + corruptions)
+    reused: bool = False  # trained and evaluated by an earlier invocation with the same --work-dir
 
 
 def resnets(*args: str) -> float:
@@ -75,6 +76,7 @@ def resnets(*args: str) -> float:
 
 def run_method(spec: MethodSpec, seed: int, work: Path, extra: list[str]) -> Run:
     run_dir = work / spec.key / f"seed{seed}"
+    reused = (run_dir / "results.json").is_file() and (run_dir / "eval_corruptions_s3.json").is_file()
     if not (run_dir / "results.json").is_file():
         resnets("train", "--preset", spec.preset, "--seed", str(spec.seed_for(seed)), "--out", str(run_dir),
                 "--no-progress", *extra)
@@ -89,7 +91,8 @@ def run_method(spec: MethodSpec, seed: int, work: Path, extra: list[str]) -> Run
     elif (run_dir / "eval_seconds.txt").is_file():
         eval_s = float((run_dir / "eval_seconds.txt").read_text())
     report = json.loads(report_path.read_text())
-    run = Run(spec, seed, report["metrics"], results["params"], results["train_hours"] * 3600.0, eval_s or 0.0)
+    run = Run(spec, seed, report["metrics"], results["params"], results["train_hours"] * 3600.0, eval_s or 0.0,
+              reused)
     print(f"{spec.label:<20} seed {seed}: " + "  ".join(f"{k} {run.metrics[k]:.4f}" for k in CLEAN + CORRUPTED)
           + f"  train {run.train_s:.0f}s eval {run.eval_s:.0f}s", flush=True)
     return run
@@ -159,6 +162,10 @@ def report(runs: list[Run], seeds: list[int], command: str, started: str, load_b
         f"Date: {started}; whole benchmark {wall_s / 60:.0f} min wall; load average (1/5/15 min) "
         f"{load_before} at the start, {load_after} at the end.",
         "",
+        *([f"{sum(r.reused for r in runs)} of the {len(runs)} runs were trained and evaluated by earlier "
+           "invocations of this command with the same --work-dir; the wall time and load above are this "
+           "invocation's, the train and eval seconds in the table each run's own.", ""]
+          if any(r.reused for r in runs) else []),
         f"Mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}). Clean: the 360-image "
         "test split. Corrupted: the same images under every corruption of `resnets eval --corruptions all` at "
         "severity 3, averaged over the corruption types (`corrupted/mean_*`). ECE with 15 bins. Train: the "

@@ -21,10 +21,11 @@ METHOD_PRESETS = {
     "digits-resnet20-mcdropout": "mcdropout",
     "digits-resnet20-swag": "swag",
 }
-# The CLI's own override for a smoke run; SWAG also needs to collect a weight snapshot within
-# those 2 iterations (its preset collects every few steps over the last part of training).
+# The CLI's own overrides for a smoke run. SWAG also needs a weight snapshot within those 2
+# iterations (its preset collects every 5 steps over the last quarter), and 2 weight samples
+# instead of 10: each one re-estimates BatchNorm on 50 training batches, which took 40 s.
 SMOKE = ["--iters", "2", "--image-size", "16", "--no-progress"]
-EXTRA = {"digits-resnet20-swag": ["--swa-every", "1"]}
+EXTRA = {"digits-resnet20-swag": ["--swa-every", "1", "--swag-samples", "2"]}
 
 
 @pytest.fixture(autouse=True)
