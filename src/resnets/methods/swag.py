@@ -155,7 +155,6 @@ class SWA(Method):
             warnings.warn(f"{self.name} collected no weights; the final model is the last iterate", stacklevel=2)
             return
         self._bn_source = _reiterable(train_batches, self.bn_batches)
-        self._sample_buffers = None
         assign_parameters(model, self.mean)
         recompute_bn(model, self._bn_source, self.bn_batches)
 
@@ -244,6 +243,10 @@ class SWAG(SWA):
             noise += (z2 @ dev) / math.sqrt(dev.shape[0] - 1)
         return self.mean + math.sqrt(scale) * noise
 
+    def finalize(self, model: nn.Module, train_batches: Iterable) -> None:
+        super().finalize(model, train_batches)
+        self._sample_buffers = None  # the BN batches may have changed
+
     def eval_passes(self, model: nn.Module) -> Iterator[None]:
         """One pass per weight sample once finalized; before that (mid-training), the current weights."""
         if self._bn_source is None or self.count == 0:
@@ -251,7 +254,7 @@ class SWAG(SWA):
             return
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         generator = torch.Generator(device=self.mean.device).manual_seed(self.seed)
-        key = (self.count, self.num_deviations, self.samples, self.scale, self.seed, self.bn_batches)
+        key = (id(model), self.count, self.num_deviations, self.samples, self.scale, self.seed, self.bn_batches)
         cached = self._sample_buffers[1] if self._sample_buffers and self._sample_buffers[0] == key else None
         computed = []
         try:
