@@ -734,6 +734,7 @@ def run_part(args: argparse.Namespace) -> int:
     part = Part(name=name, device=args.device, quick=args.quick, out=out, deadline=args._deadline,
                 suite_command=args._suite_command)
     signal.signal(signal.SIGTERM, part.stop)
+    time.sleep(args._stall)
     command = f"python benchmarks/gpu_suite.py --device {args.device}{' --quick' if args.quick else ''} --parts {name}"
     note = "; each measurement's own command is given with it below"
     if args._suite_command and args._suite_command != command:
@@ -781,6 +782,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--_part", help=argparse.SUPPRESS)
     parser.add_argument("--_deadline", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--_suite-command", dest="_suite_command", default="", help=argparse.SUPPRESS)
+    # Tests only: each part waits this long before measuring, so that it overruns its timeout on
+    # any machine (a part with too little time left skips its measurements and finishes early).
+    parser.add_argument("--_stall", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -792,6 +796,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         flags += ["--cifar-iters", str(args.cifar_iters)]
     if args.jpeg_images:
         flags += ["--jpeg-images", str(args.jpeg_images)]
+    if args._stall:
+        flags += ["--_stall", str(args._stall)]
     return flags
 
 

@@ -73,7 +73,9 @@ def test_quick_cpu_smoke_of_two_parts(tmp_path):
 
 
 def test_a_part_past_its_timeout_is_stopped_and_recorded(tmp_path):
-    done = run_suite("--device", "cpu", "--quick", "--parts", "cifar_presets", "--timeout", 4, out_dir=tmp_path)
+    # --_stall: the part waits 120 s before measuring, so it is still running at 4 s on any machine.
+    done = run_suite("--device", "cpu", "--quick", "--parts", "cifar_presets", "--timeout", 4, "--_stall", 120,
+                     out_dir=tmp_path)
     assert done.returncode == 1
     assert "TIMED OUT" in (tmp_path / "cifar_presets_cpu_quick.md").read_text()
     assert "| cifar_presets | TIMED OUT after" in (tmp_path / "suite_cpu_quick.md").read_text()

@@ -124,6 +124,8 @@ def test_sigterm_writes_a_checkpoint_mid_window_and_resume_ends_bit_identical(tm
 
 
 def test_stop_signals_record_the_first_and_a_second_ctrl_c_quits_at_once():
+    # What was there before: Python's default, or SIG_IGN in a job started in the background.
+    before = signal.getsignal(signal.SIGINT)
     with train_module._StopSignals(announce=False) as stops:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stops.signum == signal.SIGUSR1
@@ -132,7 +134,7 @@ def test_stop_signals_record_the_first_and_a_second_ctrl_c_quits_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs at the next bytecode
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_from_another_process_exits_75_with_a_checkpoint(tmp_path):
@@ -390,8 +392,9 @@ def test_api_raises_training_stopped(tmp_path, monkeypatch):
     signal_at(monkeypatch, 2, signal.SIGINT)
     cfg = TrainConfig(data="digits", image_size=16, batch_size=16, eval_batch_size=512, iters="4", eval_every="4",
                       progress=False, out=str(tmp_path / "run"))
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(TrainingStopped) as stopped:
         train(cfg)
     assert stopped.value.iteration == 2 and stopped.value.signal_name == "SIGINT"
     assert stopped.value.exit_status == STOPPED_EXIT_STATUS
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
