@@ -680,9 +680,7 @@ def _train_in_process_group(argv: list[str]) -> int:
 
     resnets.distributed skips the process group for one process; this joins one (NCCL on
     CUDA, gloo on the CPU) and makes DistEnv.enabled follow it, so the trainer takes its
-    distributed path: SyncBatchNorm conversion, DDP, barriers and broadcasts. With
-    RESNETS_DETERMINISTIC=1 it also turns on torch.use_deterministic_algorithms (the trainer
-    has no flag for it).
+    distributed path: SyncBatchNorm conversion, DDP, barriers and broadcasts.
     """
     sys.path.insert(0, str(SRC))
     import torch
@@ -706,8 +704,6 @@ def _train_in_process_group(argv: list[str]) -> int:
               flush=True)
         return env
 
-    if os.environ.get("RESNETS_DETERMINISTIC") == "1":  # tests/test_cuda.py compares with a plain run
-        torch.use_deterministic_algorithms(True)
     rd.DistEnv.enabled = property(lambda self: dist.is_available() and dist.is_initialized())
     rd.init_distributed = rt.init_distributed = init_distributed
     status = main(["train", *argv])

@@ -5,9 +5,8 @@ Every test needs a CUDA GPU and is skipped cleanly without one. On a GPU they ta
 minutes in all; `python benchmarks/gpu_suite.py --parts cuda_tests` runs them and records the
 outcome in benchmarks/results/cuda_tests_gpu.md.
 
-`resnets train` has no flag for deterministic algorithms, so the tests that compare runs bit
-for bit start the CLI through DETERMINISTIC_MAIN (torch.use_deterministic_algorithms(True),
-with CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment, as cuBLAS requires).
+The tests that compare runs bit for bit train with --use-deterministic-algorithms (a resume
+keeps it from the run's config).
 """
 from __future__ import annotations
 
@@ -34,9 +33,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = str(REPO / "src")
-DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "RESNETS_DETERMINISTIC": "1"}
-DETERMINISTIC_MAIN = ("import sys, torch; torch.use_deterministic_algorithms(True); "
-                      "from resnets.cli import main; sys.exit(main(sys.argv[1:]))")
+DETERMINISTIC = "--use-deterministic-algorithms"
 LAUNCH_ONE = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
 
 
@@ -49,9 +46,8 @@ def _env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=SRC, **extra)
 
 
-def _popen(command, deterministic: bool = False, **kwargs) -> subprocess.Popen:
-    env = _env(**DETERMINISTIC_ENV) if deterministic else _env()
-    return subprocess.Popen([str(c) for c in command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def _popen(command, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([str(c) for c in command], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kwargs)
 
 
@@ -61,9 +57,7 @@ def _finish(process: subprocess.Popen) -> str:
     return output
 
 
-def _train_cli(args, deterministic: bool = False) -> subprocess.Popen:
-    if deterministic:
-        return _popen([sys.executable, "-c", DETERMINISTIC_MAIN, "train", *args], deterministic=True)
+def _train_cli(args) -> subprocess.Popen:
     return _popen([sys.executable, "-m", "resnets", "train", *args])
 
 
@@ -123,9 +117,9 @@ def test_sigkill_then_resume_ends_bit_identical_on_cuda(tmp_path):
     # channels_last; dropout, stochastic depth and EMA make the CUDA RNG state part of the resume.
     recipe = ["--device", "cuda", "--iters", 300, "--eval-every", 20, "--batch-size", 64, "--eval-batch-size", 512,
               "--dropout", 0.2, "--drop-path-rate", 0.2, "--ema-decay", 0.9, "--no-progress"]
-    reference = _train_cli(["--out", tmp_path / "reference", *recipe], deterministic=True)
+    reference = _train_cli(["--out", tmp_path / "reference", *recipe, DETERMINISTIC])
     killed = tmp_path / "killed"
-    victim = _train_cli(["--out", killed, *recipe], deterministic=True)
+    victim = _train_cli(["--out", killed, *recipe, DETERMINISTIC])
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and victim.poll() is None:
@@ -137,7 +131,7 @@ def test_sigkill_then_resume_ends_bit_identical_on_cuda(tmp_path):
     if (killed / "results.json").exists():
         pytest.fail("the run finished before it could be killed: give the recipe more --iters")
     assert (killed / "checkpoints" / "last.pt").exists()
-    _finish(_train_cli(["--resume", killed, "--no-progress"], deterministic=True))
+    _finish(_train_cli(["--resume", killed, "--no-progress"]))
     _finish(reference)
     _assert_same_tensors(load_file(killed / "model.safetensors"),
                          load_file(tmp_path / "reference" / "model.safetensors"))
@@ -204,10 +198,10 @@ def test_trainer_in_an_nccl_process_group_of_one_equals_a_plain_run(tmp_path):
     # resnets.distributed makes no process group for one process; benchmarks/gpu_suite.py's
     # wrapper makes one, so DDP, SyncBatchNorm, barriers and broadcasts all run over NCCL.
     forced = _popen([*LAUNCH_ONE, REPO / "benchmarks" / "gpu_suite.py", "--_train-in-process-group", *DDP_RECIPE,
-                     "--out", tmp_path / "ddp"], deterministic=True)
+                     "--out", tmp_path / "ddp", DETERMINISTIC])
     output = _finish(forced)
     assert "process group: nccl, world size 1" in output
-    _finish(_train_cli([*DDP_RECIPE, "--out", tmp_path / "plain"], deterministic=True))
+    _finish(_train_cli([*DDP_RECIPE, "--out", tmp_path / "plain", DETERMINISTIC]))
     ours, reference = _last(tmp_path / "ddp")["model"], _last(tmp_path / "plain")["model"]
     assert ours.keys() == reference.keys()
     for key, value in reference.items():

@@ -316,3 +316,33 @@ def test_imagenet_presets_run_on_jpeg_folders(tmp_path, preset):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["config"]["preset"] == preset and saved["resolved"]["steps_per_epoch"] == 3
     assert results(out)["val/acc"] is not None
+
+
+def test_deterministic_algorithms_hold_for_the_run_and_are_put_back(tmp_path, monkeypatch):
+    import resnets.train as train_module
+
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
+    during = []
+    monkeypatch.setattr(train_module, "_train", lambda *a: during.append(
+        (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)))
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that monkeypatch removes it again afterwards
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    common = dict(data="digits", image_size=16, iters="2", device="cpu", progress=False)
+    train(TrainConfig(**common, use_deterministic_algorithms=True, out=str(tmp_path / "a")))
+    assert during[-1] == (True, False, True)
+    # The value cuBLAS documents for deterministic GEMMs (CUDA toolkit docs, "Results reproducibility").
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic) == before
+    train(TrainConfig(**common, out=str(tmp_path / "b")))
+    assert during[-1] == before  # on the CPU the default changes nothing (cuDNN autotuning is for CUDA)
+
+
+def test_a_run_with_deterministic_algorithms_trains(tmp_path):
+    # Every op of the loop, the evaluation and the checkpoint has a deterministic kernel on the CPU
+    # (torch raises otherwise), and the flag is recorded in the run's config.
+    out = tmp_path / "run"
+    assert run_cli("--data", "digits", "--image-size", "16", "--iters", "3", "--eval-every", "3",
+                   "--batch-size", "16", "--use-deterministic-algorithms", "--no-progress", "--out", str(out)) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["config"]["use_deterministic_algorithms"] is True
+    assert not torch.are_deterministic_algorithms_enabled()

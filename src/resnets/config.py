@@ -88,6 +88,9 @@ class TrainConfig:
         help="the precision the seed's row ran in (bf16 on TPUs); --precision auto uses it on CUDA only"))
     channels_last: bool | None = field(default=None, metadata=dict(help="channels_last memory (default: on CUDA)"))
     compile: bool = field(default=False, metadata=dict(help="torch.compile the training step's model"))
+    use_deterministic_algorithms: bool = field(default=False, metadata=dict(
+        help="deterministic kernels only (torch.use_deterministic_algorithms, no cuDNN autotuning): a CUDA run "
+             "repeats bit for bit, more slowly"))
     sync_bn: bool = field(default=False, metadata=dict(help="synchronise BN statistics across processes"))
     allow_world_size_change: bool = field(default=False, metadata=dict(
         help="let --resume continue with another number of processes (the result then differs)"))
@@ -172,7 +175,8 @@ MODEL_OPTION_FIELDS = ("width", "head_bias", "head_init", "zero_init_last_bn", "
 
 # Fields that change how a run is executed but not what it computes: a resume may change them.
 EXECUTION_FIELDS = {"device", "num_workers", "progress", "data_dir", "download", "out", "runs_root",
-                    "eval_batch_size", "compile", "allow_world_size_change", "checkpoint_every"}
+                    "eval_batch_size", "compile", "allow_world_size_change", "checkpoint_every",
+                    "use_deterministic_algorithms"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(k|ep|%)?\s*$")
 

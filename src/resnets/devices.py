@@ -80,6 +80,32 @@ def resolve_runtime(device: str | torch.device | None = "auto", precision: str =
     )
 
 
+@contextlib.contextmanager
+def kernel_choice(device: torch.device, deterministic: bool):
+    """Which kernels a run may use, set for its duration and put back after.
+
+    By default, cuDNN times its convolution algorithms once per input shape and keeps the
+    fastest (the shapes of a training run are fixed; timm's and torchvision's training scripts do
+    the same). `deterministic` (--use-deterministic-algorithms) asks torch for deterministic
+    kernels everywhere instead, so that a CUDA run repeats bit for bit, at some cost in speed.
+    """
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic matrix products; it reads this when
+        # its first handle is created.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        cudnn.benchmark, cudnn.deterministic = False, True
+    elif device.type == "cuda":
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
+
+
 def autocast(device: torch.device, precision: str):
     dtype = PRECISIONS[precision]
     if dtype is None:

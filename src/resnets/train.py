@@ -42,7 +42,7 @@ from .checkpoint import export_weights, load_checkpoint, remove_stale_temporarie
 from .config import (EXECUTION_FIELDS, CheckpointInterval, Schedule, TrainConfig, parse_checkpoint_every,
                      resolve_schedule)
 from .data import DatasetBundle, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
-from .devices import Runtime, autocast, device_description, resolve_runtime
+from .devices import Runtime, autocast, device_description, kernel_choice, resolve_runtime
 from .distributed import Agreement, DistEnv, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
 from .evaluate import EvalRequest, evaluate_runs
@@ -586,7 +586,8 @@ def train(cfg: TrainConfig, resume: bool = False, *, resume_dir: str | Path | No
     if env.enabled and runtime.device.type == "cuda":
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", env.local_rank))
     try:
-        return _train(cfg, resume, env, runtime, resume_dir)
+        with kernel_choice(runtime.device, cfg.use_deterministic_algorithms):
+            return _train(cfg, resume, env, runtime, resume_dir)
     finally:
         shutdown(env)
 
