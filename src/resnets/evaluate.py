@@ -189,13 +189,17 @@ def _first_split(bundle, flag: str, data: str):
 
 
 @dataclass
-class _RunData:
+class RunData:
     """What the runs need from data: their classes, input size and training normalization."""
     cfg: Any  # the first run's TrainConfig
     resolved: dict
     num_classes: int
     image_size: int
     own: Any = None  # the run's own DatasetBundle, once loaded
+
+    @classmethod
+    def of(cls, cfg, resolved: dict) -> "RunData":
+        return cls(cfg, resolved, int(resolved["num_classes"]), int(resolved["image_size"]))
 
     def own_data_dir(self, args):
         # --data-dir without another --data points at the run's own dataset (moved since training).
@@ -284,7 +288,7 @@ def _ood_results(in_probs: torch.Tensor, out_probs: torch.Tensor) -> dict[str, d
     return {kind: ood_metrics(ood_scores(in_probs, kind), ood_scores(out_probs, kind)) for kind in OOD_SCORE_KINDS}
 
 
-def _build_evaluated_model(request: EvalRequest, runs, runtime: Runtime):
+def build_evaluated_model(request: EvalRequest, runs, runtime: Runtime):
     """(model, method, weight files, description): one run's own method, or a deep ensemble."""
     if len(runs) == 1:
         loaded = run_files.load_run(request.runs[0], runtime.device, request.weights, runtime.memory_format)
@@ -313,7 +317,7 @@ def _build_evaluated_model(request: EvalRequest, runs, runtime: Runtime):
     return model, method, paths, dict(method=DeepEnsemble.name, base_method=base.name, ensemble_size=len(runs))
 
 
-def _finalize(args: EvalRequest, request: _RunData, model: nn.Module, method: Method, runtime: Runtime) -> None:
+def finalize_for_eval(args: EvalRequest, request: RunData, model: nn.Module, method: Method, runtime: Runtime) -> None:
     """SWA/SWAG: average the collected weights and re-estimate BN on the batches training used."""
     cfg, resolved = request.cfg, request.resolved
     own = request.load_own(args)
@@ -346,7 +350,7 @@ def read_runs(run_dirs) -> list[tuple[Any, dict]]:
     return runs
 
 
-def temperature_split(args: EvalRequest, request: _RunData):
+def temperature_split(args: EvalRequest, request: RunData):
     """The split --temperature-scale fits on: the run's own val split (UserError when it has none)."""
     own = request.load_own(args, why="--temperature-scale")
     if own.val is None or len(own.val) == 0:
@@ -372,7 +376,7 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     cfg, resolved = runs[0]
     runtime = resolve_runtime(args.device, args.precision, cfg.channels_last,
                               cfg.num_workers if args.num_workers is None else args.num_workers)
-    request = _RunData(cfg, resolved, int(resolved["num_classes"]), int(resolved["image_size"]))
+    request = RunData.of(cfg, resolved)
 
     # Every dataset is read before the model runs, so a wrong folder fails before the work.
     data_name = args.data or cfg.data
@@ -407,9 +411,9 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         ood_split_name, ood_split = _first_split(ood, "--ood-data", args.ood_data)
     mean, std = request.normalization(args, data)
 
-    model, method, weight_files, method_info = _build_evaluated_model(args, runs, runtime)
+    model, method, weight_files, method_info = build_evaluated_model(args, runs, runtime)
     if finalizes:
-        _finalize(args, request, model, method, runtime)
+        finalize_for_eval(args, request, model, method, runtime)
 
     ev = Predictor(model, method, request.num_classes, request.image_size, mean, std, runtime,
                    args.batch_size or cfg.eval_batch_size, args.seed)

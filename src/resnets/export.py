@@ -33,7 +33,7 @@ from torch import nn
 from . import runs as run_files
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
-from .evaluate import EvalRequest, _build_evaluated_model, _finalize, _RunData, read_runs
+from .evaluate import EvalRequest, RunData, build_evaluated_model, finalize_for_eval, read_runs
 from .methods import DeepEnsemble, MCDropout, Method, method_class
 from .predict import expand_ensemble_roots, preprocess_description
 
@@ -140,15 +140,15 @@ def build_exported_model(request: ExportRequest) -> tuple[ExportedModel, dict[st
     runs = read_runs(eval_args.runs)
     cfg, resolved = runs[0]
     runtime = resolve_runtime("cpu", "fp32", channels_last=False, num_workers=0)
-    data = _RunData(cfg, resolved, int(resolved["num_classes"]), int(resolved["image_size"]))
+    data = RunData.of(cfg, resolved)
     mean, std = data.normalization(eval_args)
-    model, method, weight_files, info = _build_evaluated_model(eval_args, runs, runtime)
+    model, method, weight_files, info = build_evaluated_model(eval_args, runs, runtime)
     notes = []
     if len(runs) == 1 and method_class(cfg.method).finalizes and request.weights == "last":
         # best/final weights of SWA/SWAG already are the finalized average (training saved them
         # after finalizing); the last checkpoint's are the last iterate, so finalize as eval does.
         data.load_own(eval_args, why=f"finalizing the {cfg.method} run's --weights last")
-        _finalize(eval_args, data, model, method, runtime)
+        finalize_for_eval(eval_args, data, model, method, runtime)
 
     if isinstance(method, DeepEnsemble):
         models = []

@@ -30,8 +30,8 @@ from .data.pipelines import EVAL_CROP_FRACTION, _eval_transform
 from .data.sources import IMAGE_EXTENSIONS, TensorSplit, decode_rgb, resize_images
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
-from .evaluate import (EvalRequest, _build_evaluated_model, _finalize, _RunData, fit_run_temperature, read_runs,
-                       temperature_split)
+from .evaluate import (EvalRequest, RunData, build_evaluated_model, finalize_for_eval, fit_run_temperature,
+                       read_runs, temperature_split)
 from .methods import METHODS, apply_temperature, method_class
 from .prediction import Predictor, predict_dataset
 
@@ -327,7 +327,7 @@ def predict_images(request: PredictRequest, warn: Callable[[str], None] | None =
     cfg, resolved = runs[0]
     runtime = resolve_runtime(eval_args.device, eval_args.precision, cfg.channels_last,
                               cfg.num_workers if eval_args.num_workers is None else eval_args.num_workers)
-    data = _RunData(cfg, resolved, int(resolved["num_classes"]), int(resolved["image_size"]))
+    data = RunData.of(cfg, resolved)
     # Data the model needs is read before it is built, as `resnets eval` does.
     val_split = temperature_split(eval_args, data) if request.temperature_scale else None
     finalizes = len(runs) == 1 and method_class(cfg.method).finalizes
@@ -335,9 +335,9 @@ def predict_images(request: PredictRequest, warn: Callable[[str], None] | None =
         data.load_own(eval_args, why=f"re-estimating BatchNorm for the {cfg.method} run")
     mean, std = data.normalization(eval_args)
 
-    model, method, weight_files, info = _build_evaluated_model(eval_args, runs, runtime)
+    model, method, weight_files, info = build_evaluated_model(eval_args, runs, runtime)
     if finalizes:
-        _finalize(eval_args, data, model, method, runtime)
+        finalize_for_eval(eval_args, data, model, method, runtime)
     ev = Predictor(model, method, data.num_classes, data.image_size, mean, std, runtime,
                    request.batch_size or cfg.eval_batch_size, request.seed)
     temperature = fit_run_temperature(ev, val_split)[0] if val_split is not None else None
