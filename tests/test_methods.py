@@ -361,14 +361,20 @@ def test_swag_sampling():
     torch.testing.assert_close(draws.var(0), 0.5 * stacked.var(0, correction=0), rtol=0.1, atol=1e-4)
 
 
-def test_swag_eval_passes_sample_and_restore():
-    model = tiny_resnet()
-    method = SWAG(start=0.0, collect_every=1, rank=2, samples=3, bn_batches=1)
+def swag_with_three_snapshots(model, bn_batches: int) -> SWAG:
+    """A SWAG of 3 samples that collected 3 random-walk snapshots of `model`."""
+    method = SWAG(start=0.0, collect_every=1, rank=2, samples=3, bn_batches=bn_batches)
     for step in range(1, 4):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         method.after_step(model, step, 3)
+    return method
+
+
+def test_swag_eval_passes_sample_and_restore():
+    model = tiny_resnet()
+    method = swag_with_three_snapshots(model, bn_batches=1)
     model.eval()
     assert len(list(method.eval_passes(model))) == 1  # before finalize: the current weights
     batches = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
@@ -398,12 +404,7 @@ def test_swag_sample_bn_statistics_are_recomputed_once_and_reused(monkeypatch):
     import resnets.methods.swag as swag_module
 
     model = tiny_resnet()
-    method = SWAG(start=0.0, collect_every=1, rank=2, samples=3, bn_batches=2)
-    for step in range(1, 4):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        method.after_step(model, step, 3)
+    method = swag_with_three_snapshots(model, bn_batches=2)
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 8, 8, generator=gen), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
     method.finalize(model, batches)
