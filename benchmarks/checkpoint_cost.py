@@ -29,19 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnets import create_model  # noqa: E402
 from resnets.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint  # noqa: E402
+from resnets.devices import cpu_name  # noqa: E402
 
 # (model, classes, image size, batch): the seed recipes' shapes, batch sized for one CPU.
 CASES = {"resnet50": (1000, 224, 16), "resnet20": (10, 32, 128)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def state_of(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:

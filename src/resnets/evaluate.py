@@ -35,6 +35,13 @@ SUMMARY_KEYS = ("nll", "acc", "ece", "brier")
 _CORRUPT_CHUNK = 256
 
 
+def add_device_arguments(group) -> None:
+    """--device and --precision of the commands that evaluate trained runs (eval, predict)."""
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    group.add_argument("--precision", default="auto",
+                       help="auto (bf16 on CUDA, else fp32), fp32, bf16 or fp16 (default: auto)")
+
+
 def add_arguments(parser) -> None:
     """The flags of `resnets eval` (the caller sets the handler to `run`)."""
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -53,9 +60,7 @@ def add_arguments(parser) -> None:
                       help="split to evaluate (default: the one `resnets train` reports as tst/*: test, or val "
                            "where the dataset has no test set, as ImageNet)")
     run_group = parser.add_argument_group("execution")
-    run_group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    run_group.add_argument("--precision", default="auto",
-                           help="auto (bf16 on CUDA, else fp32), fp32, bf16 or fp16 (default: auto)")
+    add_device_arguments(run_group)
     run_group.add_argument("--batch-size", type=int, default=None, metavar="N",
                            help="evaluation batch size (default: the run's eval_batch_size)")
     run_group.add_argument("--num-workers", type=int, default=None, metavar="N",

@@ -30,8 +30,8 @@ from .data.pipelines import EVAL_CROP_FRACTION, _eval_transform
 from .data.sources import IMAGE_EXTENSIONS, TensorSplit, decode_rgb, resize_images
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
-from .evaluate import (EvalRequest, RunData, build_evaluated_model, finalize_for_eval, fit_run_temperature,
-                       read_runs, temperature_split)
+from .evaluate import (EvalRequest, RunData, add_device_arguments, build_evaluated_model, finalize_for_eval,
+                       fit_run_temperature, read_runs, temperature_split)
 from .methods import METHODS, apply_temperature, method_class
 from .prediction import Predictor, predict_dataset
 
@@ -66,9 +66,7 @@ def add_arguments(parser) -> None:
                         help="write the predictions to this file (format from the extension) instead of printing "
                              "a table")
     execution = parser.add_argument_group("execution")
-    execution.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    execution.add_argument("--precision", default="auto",
-                           help="auto (bf16 on CUDA, else fp32), fp32, bf16 or fp16 (default: auto)")
+    add_device_arguments(execution)
     execution.add_argument("--batch-size", type=int, default=None, metavar="N",
                            help="images per forward pass (default: the run's eval_batch_size)")
     execution.add_argument("--num-workers", type=int, default=None, metavar="N",
