@@ -311,3 +311,50 @@ def test_cli_exit_status(tmp_path, capsys):
         pytest.skip("`resnets eval` is not wired into the CLI yet")
     assert cli.main(["eval", str(tmp_path / "nowhere")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --- selective prediction and conformal sets -----------------------------------------------------
+
+
+def test_selective_metrics_and_thr_sets_on_digits(runs, tmp_path):
+    npz = tmp_path / "preds.npz"
+    report = evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--save-predictions", npz)
+    metrics, saved = report["metrics"], np.load(npz)
+    # AURC from its definition on the saved predictions: accept the k most confident, k = 1..N.
+    conf, wrong = saved["probs"].max(1), saved["probs"].argmax(1) != saved["labels"]
+    errors = np.cumsum(wrong[np.argsort(-conf, kind="stable")])
+    k = np.arange(1, len(errors) + 1)
+    assert metrics["selective/aurc"] == pytest.approx((errors / k).mean(), abs=1e-3)  # float32 ties aside
+    assert report["risk_coverage"]["coverage"][-1] == 1
+    assert report["risk_coverage"]["risk"][-1] == pytest.approx(1 - metrics["acc"])
+
+    # THR (Sadinle et al.) by hand: calibrated on the run's val split at alpha = 0.1.
+    from resnets.data import load_dataset
+
+    data = load_dataset("digits", image_size=IMAGE_SIZE)
+    val = predict_direct(load_run(runs["det"], "cpu"), data.val, data)
+    cal = np.sort(1 - val.probs.numpy()[np.arange(len(val.labels)), val.labels.numpy()])
+    q = cal[math.ceil((len(cal) + 1) * 0.9) - 1]
+    sets = 1 - saved["probs"] <= q
+    assert report["conformal"]["alpha"] == 0.1 and report["conformal"]["calibration"]["count"] == len(cal)
+    assert metrics["conformal/thr/set_size"] == pytest.approx(sets.sum(1).mean(), abs=0.01)
+    assert metrics["conformal/thr/coverage"] == pytest.approx(sets[np.arange(len(sets)), saved["labels"]].mean(),
+                                                               abs=0.01)
+    assert metrics["conformal/thr/coverage"] >= 0.88
+    for method in ("aps", "raps"):
+        assert 0 <= metrics[f"conformal/{method}/coverage"] <= 1 and metrics[f"conformal/{method}/set_size"] > 0
+    # A smaller alpha gives larger sets.
+    strict = evaluate_runs(runs["det"], "--out", tmp_path / "strict.json", "--alpha", "0.02")
+    assert strict["metrics"]["conformal/thr/set_size"] >= metrics["conformal/thr/set_size"]
+
+
+def test_conformal_sets_need_a_val_split(runs, tmp_path):
+    run = tiny_run(tmp_path / "noval", val_size=0)
+    report = evaluate_runs(run)
+    assert "no val split" in report["conformal"]["skipped"]
+    assert not any(k.startswith("conformal/") for k in report["metrics"])
+    assert "selective/aurc" in report["metrics"]
+    with pytest.raises(UserError, match="--alpha .*val split"):
+        evaluate_runs(run, "--alpha", "0.1")
+    with pytest.raises(UserError, match="--alpha must be .*between 0 and 1"):
+        evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--alpha", "1")

@@ -15,8 +15,13 @@ from resnets.metrics import (
     LOG_EPS,
     ClassificationMetrics,
     calibration_bins,
+    conformal_class_scores,
+    conformal_metrics,
+    conformal_quantile,
     ood_metrics,
     ood_scores,
+    risk_coverage,
+    selective_metrics,
 )
 
 torchmetrics = pytest.importorskip("torchmetrics")
@@ -496,3 +501,109 @@ def test_plots_name_a_path_they_cannot_write(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(UserError, match="locked"):
             reliability_diagram(probs, labels, locked / "plot.png")
+
+
+# --- selective prediction and conformal sets ----------------------------------------------------
+
+
+def np_selective(conf, wrong):
+    """AURC and AUGRC from their definitions, sample by sample (no ties in the inputs used):
+    accept the k most confident, k = 1..N; selective risk = errors/k (Geifman & El-Yaniv 2017),
+    generalized risk = errors/N (Traub et al. 2024); the areas are the means over k."""
+    order = np.argsort(-np.asarray(conf))
+    wrong = np.asarray(wrong, dtype=float)[order]
+    n = wrong.size
+    errors = np.array([wrong[:k].sum() for k in range(1, n + 1)])
+    k = np.arange(1, n + 1)
+    return (errors / k).mean(), (errors / n).mean(), errors / k, k / n
+
+
+def probs_with(conf, pred, num_classes=3):
+    """Rows whose top class is `pred` with probability `conf`, the rest spread evenly."""
+    conf = torch.as_tensor(conf, dtype=torch.float64)
+    p = ((1 - conf) / (num_classes - 1)).unsqueeze(-1).repeat(1, num_classes)
+    p[torch.arange(len(conf)), torch.as_tensor(pred)] = conf
+    return p
+
+
+def test_selective_metrics_equal_the_definitions_on_a_hand_made_case():
+    # Five samples, the 2nd and 5th most confident wrong: risks 0, 1/2, 1/3, 1/4, 2/5.
+    conf = [0.9, 0.8, 0.7, 0.6, 0.5]
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    pred = [0, 2, 2, 0, 0]
+    got = selective_metrics(probs_with(conf, pred), labels)
+    aurc, augrc, risk, coverage = np_selective(conf, [0, 1, 0, 0, 1])
+    assert got["aurc"] == pytest.approx(aurc, abs=1e-12)
+    assert got["aurc"] == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4 + 2 / 5) / 5, abs=1e-12)
+    assert got["augrc"] == pytest.approx(augrc, abs=1e-12)
+    assert got["augrc"] == pytest.approx((0 + 1 + 1 + 1 + 2) / 25, abs=1e-12)
+    assert got["risk_at_80_coverage"] == pytest.approx(1 / 4)  # the 4 most confident
+    assert got["coverage_at_5_risk"] == pytest.approx(1 / 5)  # only the first is error-free
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_selective_metrics_equal_numpy_on_random_predictions(seed):
+    probs, labels = random_predictions(seed, 500, 7)
+    got = selective_metrics(probs, labels)
+    conf, pred = probs.max(-1)
+    aurc, augrc, risk, coverage = np_selective(conf.numpy(), (pred != labels).numpy())
+    assert got["aurc"] == pytest.approx(aurc, abs=1e-12)
+    assert got["augrc"] == pytest.approx(augrc, abs=1e-12)
+    assert got["risk_at_80_coverage"] == pytest.approx(risk[np.argmax(coverage >= 0.8 - 1e-12)])
+    assert got["coverage_at_5_risk"] == pytest.approx(coverage[risk <= 0.05].max() if (risk <= 0.05).any() else 0)
+
+
+def test_tied_confidences_are_accepted_together():
+    # Two tied samples, one wrong: the curve must not depend on which of them comes first.
+    probs = probs_with([0.9, 0.6, 0.6], [0, 0, 0])
+    for labels in (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])):
+        coverage, risk, generalized = risk_coverage(probs, labels)
+        np.testing.assert_allclose(coverage, [1 / 3, 1])
+        np.testing.assert_allclose(risk, [0, 1 / 3])
+        # k = 1: risk 0; k = 2 and 3: the tied group's risk 1/3.
+        assert selective_metrics(probs, labels)["aurc"] == pytest.approx((0 + 1 / 3 + 1 / 3) / 3)
+
+
+def test_selective_metrics_against_torch_uncertainty_when_installed():
+    tu = pytest.importorskip("torch_uncertainty.metrics")
+    probs, labels = random_predictions(3, 2000, 10)
+    got = selective_metrics(probs, labels)
+    # TorchUncertainty integrates the curve with the trapezoid rule: the two estimators of the
+    # same area differ by O(1/N).
+    for name, key in (("AURC", "aurc"), ("AUGRC", "augrc")):
+        metric = getattr(tu, name)()
+        metric.update(probs.float(), labels)
+        assert float(metric.compute()) == pytest.approx(got[key], abs=5 / len(labels))
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = torch.arange(1, 20, dtype=torch.float64)  # 1..19, n = 19
+    # ceil((19 + 1) * 0.9) = 18: the 18th smallest score.
+    assert conformal_quantile(scores, 0.1) == 18
+    assert conformal_quantile(scores[:5], 0.1) == math.inf  # ceil(6 * 0.9) = 6 > 5
+
+
+def test_conformal_scores_follow_their_definitions():
+    p = torch.tensor([[0.5, 0.2, 0.3]], dtype=torch.float64)
+    np.testing.assert_allclose(conformal_class_scores(p, "thr"), [[0.5, 0.8, 0.7]])
+    # APS without noise: mass at or above each class's rank (0.5 | 0.5+0.3 | 1.0).
+    np.testing.assert_allclose(conformal_class_scores(p, "aps", torch.zeros(1)), [[0.5, 1.0, 0.8]])
+    u = torch.tensor([0.5])
+    np.testing.assert_allclose(conformal_class_scores(p, "aps", u), [[0.25, 0.9, 0.65]])
+    wide = torch.full((1, 8), 1 / 8, dtype=torch.float64)
+    raps = conformal_class_scores(wide, "raps", torch.zeros(1))
+    ranks = np.arange(1, 9)
+    np.testing.assert_allclose(raps[0], ranks / 8 + 0.01 * np.clip(ranks - 5, 0, None))
+
+
+def test_conformal_sets_cover_exchangeable_data():
+    # Calibration and test from one distribution: coverage >= 1 - alpha up to sampling noise
+    # (n = 4000: a standard error of about 0.005).
+    probs, labels = random_predictions(5, 8000, 10)
+    # Labels drawn from the predicted distributions: the model is calibrated by construction.
+    labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).squeeze(-1)
+    results = conformal_metrics(probs[:4000], labels[:4000], probs[4000:], labels[4000:], alpha=0.1)
+    for method, values in results.items():
+        assert values["coverage"] >= 0.9 - 0.02, method
+        assert values["coverage"] <= 0.9 + 0.03, method  # exact, not all classes
+        assert 0 < values["set_size"] < 10, method

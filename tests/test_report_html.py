@@ -139,7 +139,10 @@ def test_page_embeds_its_figures_and_loads_nothing(runs_root: Path, page: Path):
 
 def test_page_has_the_eval_json_tables(page: Path):
     tables = [t for t in parse(page.read_text()).tables if t["cls"] == "eval-table"]
-    assert len(tables) == 4
+    assert len(tables) == 5
+    selective = next(t for t in tables if "AURC" in t["header"])
+    assert [row[0] for row in selective["rows"]] == ["det/0", "det/1"]
+    assert all(0 <= float(row[2]) <= 1 and float(row[7]) >= 0 for row in selective["rows"])  # AURC, THR cov.
     evaluation = next(t for t in tables if "Weights" in t["header"])
     assert [row[0] for row in evaluation["rows"]] == ["det/0", "det/1"]
     corruptions = next(t for t in tables if t["header"][0] == "Corruption")

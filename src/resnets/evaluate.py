@@ -23,13 +23,16 @@ from .devices import Runtime, resolve_runtime
 from .errors import UserError, writable_path
 from .methods import DeepEnsemble, Method, apply_temperature, check_compatible, fit_temperature, method_class
 from .methods import method_from_config
-from .metrics import ClassificationMetrics, ood_metrics, ood_scores
+from .metrics import (CONFORMAL_METHODS, ClassificationMetrics, conformal_metrics, ood_metrics, ood_scores,
+                      risk_coverage_points, selective_metrics)
 from .plots import reliability_diagram
 from .prediction import EvalOutput, Predictor, Restartable, save_predictions
 
 SPLITS = ("test", "val", "train")
 OOD_SCORE_KINDS = ("max_prob", "entropy")
 SUMMARY_KEYS = ("nll", "acc", "ece", "brier")
+SELECTIVE_KEYS = ("aurc", "augrc", "risk_at_80_coverage", "coverage_at_5_risk")
+DEFAULT_ALPHA = 0.1  # the miscoverage of Angelopoulos & Bates' gentle introduction's examples
 # Images corrupted per call: corruptions work in float64, so whole splits at once would need
 # gigabytes for no speed-up.
 _CORRUPT_CHUNK = 256
@@ -81,6 +84,11 @@ def add_arguments(parser) -> None:
     extra.add_argument("--ood-data", metavar="NAME", default=None,
                        help="an out-of-distribution dataset: detection metrics against the evaluated split")
     extra.add_argument("--ood-data-dir", metavar="DIR", default=None, help="folder of --ood-data")
+    extra.add_argument("--alpha", type=float, default=None, metavar="A",
+                       help="miscoverage of the conformal prediction sets (THR, APS, RAPS), calibrated on the run's "
+                            f"own val split; coverage and mean set size on the evaluated split (default: "
+                            f"{DEFAULT_ALPHA}, skipped with a note when the run has no val split; given explicitly, "
+                            "a run without one is an error)")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", metavar="FILE", default=None,
                          help=f"where to write the results (default: <first RUN_DIR>/{run_files.EVAL_FILE})")
@@ -114,6 +122,7 @@ class EvalRequest:
     shift_data_dir: str | None = None
     ood_data: str | None = None
     ood_data_dir: str | None = None
+    alpha: float | None = None  # None: DEFAULT_ALPHA where the run has a val split, else skipped
     save_predictions: Path | None = None
     reliability_diagram: Path | None = None
 
@@ -126,6 +135,9 @@ class EvalRequest:
             raise UserError(f"--batch-size must be a positive number of images, got {self.batch_size}.")
         if self.num_workers is not None and self.num_workers < 0:
             raise UserError(f"--num-workers must be 0 or more, got {self.num_workers}.")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and 0 < self.alpha < 1):
+            raise UserError(f"--alpha must be a miscoverage strictly between 0 and 1 (e.g. 0.1 for sets that hold "
+                            f"the label 90% of the time), got {self.alpha}.")
         if not 0 <= self.seed < 2**31:
             raise UserError(f"--seed must be an integer from 0 to {2**31 - 1}, got {self.seed}.")
         if self.save_predictions is not None:
@@ -143,7 +155,7 @@ class EvalRequest:
             num_workers=args.num_workers, seed=args.seed, temperature_scale=args.temperature_scale,
             corruptions=corruptions, severities=parse_severities(args.severities) if corruptions else [],
             shift_data=args.shift_data, shift_data_dir=args.shift_data_dir, ood_data=args.ood_data,
-            ood_data_dir=args.ood_data_dir, save_predictions=args.save_predictions,
+            ood_data_dir=args.ood_data_dir, alpha=args.alpha, save_predictions=args.save_predictions,
             reliability_diagram=args.reliability_diagram)
 
 
@@ -357,12 +369,21 @@ def read_runs(run_dirs) -> list[tuple[Any, dict]]:
 
 def temperature_split(args: EvalRequest, request: RunData):
     """The split --temperature-scale fits on: the run's own val split (UserError when it has none)."""
-    own = request.load_own(args, why="--temperature-scale")
-    if own.val is None or len(own.val) == 0:
-        raise UserError(f"--temperature-scale fits the temperature on the val split of the run's dataset "
-                        f"{request.cfg.data!r}, which has none (the run was trained with --val-size 0); leave "
-                        "--temperature-scale out, or train with a validation split.")
-    return own.val
+    val = _own_val_split(args, request, "--temperature-scale")
+    if val is None:
+        raise UserError(_no_val_message(request, "--temperature-scale", "fits the temperature"))
+    return val
+
+
+def _own_val_split(args: EvalRequest, request: RunData, flag: str):
+    """The run's own val split, or None when it has none (UserError when its data is unreadable)."""
+    own = request.load_own(args, why=flag)
+    return own.val if own.val is not None and len(own.val) else None
+
+
+def _no_val_message(request: RunData, flag: str, what: str) -> str:
+    return (f"{flag} {what} on the val split of the run's dataset {request.cfg.data!r}, which has none (the run "
+            f"was trained with --val-size 0); leave {flag} out, or train with a validation split.")
 
 
 def fit_run_temperature(ev: Predictor, val_split) -> tuple[float, EvalOutput]:
@@ -399,6 +420,23 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         if split_name == "val" and data is request.own:
             print("resnets eval: warning: --split val with --temperature-scale fits and scores the temperature on the "
                   "same images; its ts/* metrics are optimistic.", file=sys.stderr)
+    # Conformal sets are calibrated on the run's own val split, as the temperature is; without
+    # one they are skipped (with a note), unless --alpha asked for them.
+    conformal_split, conformal_skipped = None, None
+    try:
+        conformal_split = _own_val_split(args, request, "--alpha")
+    except UserError as error:
+        if args.alpha is not None:
+            raise
+        conformal_skipped = f"the run's own dataset, whose val split calibrates them, cannot be read: {error}"
+    if conformal_split is None and conformal_skipped is None:
+        if args.alpha is not None:
+            raise UserError(_no_val_message(request, "--alpha", "calibrates the conformal prediction sets"))
+        conformal_skipped = (f"the run's dataset {cfg.data!r} has no val split to calibrate them on (the run was "
+                             "trained with --val-size 0)")
+    if conformal_split is not None and split_name == "val" and data is request.own:
+        print("resnets eval: warning: --split val calibrates and scores the conformal sets on the same images; "
+              "their conformal/* coverage is optimistic.", file=sys.stderr)
     # Methods that finalize (SWA/SWAG) keep their result in collected state, not in the weights alone.
     finalizes = len(runs) == 1 and method_class(cfg.method).finalizes
     if finalizes:
@@ -422,7 +460,7 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
 
     ev = Predictor(model, method, request.num_classes, request.image_size, mean, std, runtime,
                    args.batch_size or cfg.eval_batch_size, args.seed)
-    keep = bool(args.temperature_scale or predictions_path or diagram_path or ood is not None)
+    keep = True  # selective prediction and conformal sets rank the whole split's predictions
 
     report: dict[str, Any] = dict(
         runs=[str(r) for r in args.runs], weights=args.weights, weight_files=[str(p) for p in weight_files],
@@ -437,8 +475,10 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     main = ev.predict(ev.batches(split), keep)
     report["count"] = main.metrics["count"]
     metrics = _plain_metrics(main.metrics)
+    metrics.update({f"selective/{k}": v for k, v in selective_metrics(main.probs, main.labels).items()})
+    report["risk_coverage"] = risk_coverage_points(main.probs, main.labels)
     final = main
-    temperature = None
+    temperature = val = None
     if val_split is not None:
         temperature, val = fit_run_temperature(ev, val_split)
         val_scaled, _ = _scaled_metrics(val.probs, val.labels, request.num_classes, temperature)
@@ -449,6 +489,19 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         report["temperature_fit"] = dict(data=cfg.data, split="val", count=val.metrics["count"],
                                          nll=val.metrics["nll"], ts_nll=val_scaled["nll"])
         final = EvalOutput(main.metrics, scaled, main.labels, main.member_probs)
+        metrics.update({f"ts/selective/{k}": v for k, v in selective_metrics(scaled, main.labels).items()})
+    alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
+    if conformal_split is not None:
+        # The uncalibrated probabilities: conformal calibration needs no temperature.
+        if val is None:
+            val = ev.predict(ev.batches(conformal_split), keep=True)
+        sets = conformal_metrics(val.probs, val.labels, main.probs, main.labels, alpha, seed=args.seed)
+        for method, values in sets.items():
+            metrics.update({f"conformal/{method}/{k}": values[k] for k in ("coverage", "set_size")})
+        report["conformal"] = dict(alpha=alpha, calibration=dict(data=cfg.data, split="val",
+                                                                 count=val.metrics["count"]), methods=sets)
+    else:
+        report["conformal"] = dict(alpha=alpha, skipped=conformal_skipped)
 
     if predictions_path is not None:
         extra = {} if temperature is None else {"temperature": temperature, "uncalibrated_probs": main.probs}
@@ -546,7 +599,8 @@ def format_report(report: dict) -> str:
     what = runs[0] if len(runs) == 1 else f"ensemble of {len(runs)} runs"
     lines = [(f"{what} ({report['method']}, {report['weights']} weights) on {report['data']}/{report['split']}: "
               f"{report['count']} images")]
-    keys = [k for k in metrics if not k.startswith(("ts/", "corrupted/", "shift/", "ood/")) and k != "temperature"]
+    keys = [k for k in metrics if not k.startswith(("ts/", "corrupted/", "shift/", "ood/", "selective/", "conformal/"))
+            and k != "temperature"]
     ts = "temperature" in metrics
     header = f"  {'metric':<24}{'value':>10}" + (f"{'T=' + format(metrics['temperature'], '.3f'):>12}" if ts else "")
     lines.append(header)
@@ -559,6 +613,18 @@ def format_report(report: dict) -> str:
         return text
 
     lines += [row(k, k) for k in keys]
+    if any(k.startswith("selective/") for k in metrics):
+        lines.append("selective prediction (confidence = max prob):")
+        lines += [row(f"selective/{k}", f"selective/{k}") for k in SELECTIVE_KEYS]
+    conformal = report.get("conformal") or {}
+    if "methods" in conformal:
+        cal = conformal["calibration"]
+        lines.append(f"conformal sets, alpha {conformal['alpha']:g} (calibrated on {cal['data']}/{cal['split']}, "
+                     f"{cal['count']} images):")
+        lines += [f"  {'conformal/' + m + '/' + k:<24}{_fmt(metrics.get(f'conformal/{m}/{k}')):>10}"
+                  for m in CONFORMAL_METHODS for k in ("coverage", "set_size")]
+    elif conformal.get("skipped"):
+        lines.append(f"conformal sets skipped: {conformal['skipped']}")
     if "corruptions" in report:
         c = report["corruptions"]
         lines.append(f"corruptions ({len(c['names'])} x severities {','.join(map(str, c['severities']))}, "

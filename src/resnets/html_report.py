@@ -207,6 +207,24 @@ def eval_tables(runs: Sequence[Run], root: str | os.PathLike | None = None) -> l
                                _num(m.get("brier"))])
         tables.append(table)
 
+    selective = [(label, ev) for label, ev in found if "selective/aurc" in ev["metrics"]]
+    if selective:
+        table = Table("Selective prediction and conformal sets",
+                      ["Run", "Data / split", "AURC", "AUGRC", "Risk @80% cov.", "Cov. @5% risk", "alpha",
+                       "THR cov.", "THR size", "APS cov.", "APS size", "RAPS cov.", "RAPS size"],
+                      ["l", "l"] + ["r"] * 11)
+        table.bullets = ["Confidence = max prob. Conformal sets calibrated on the run's val split, scored on the "
+                         "evaluated split (coverage and mean set size)."]
+        for label, ev in selective:
+            m, alpha = ev["metrics"], (ev.get("conformal") or {}).get("alpha")
+            sets = [_num(m.get(f"conformal/{kind}/{key}"), 3) for kind in ("thr", "aps", "raps")
+                    for key in ("coverage", "set_size")]
+            table.rows.append([f"`{label}`", f"{ev.get('data')}/{ev.get('split')}"]
+                              + [_num(m.get(f"selective/{k}")) for k in ("aurc", "augrc", "risk_at_80_coverage",
+                                                                         "coverage_at_5_risk")]
+                              + [_num(alpha, 2) if "conformal/thr/coverage" in m else ""] + sets)
+        tables.append(table)
+
     detected = [(label, ev) for label, ev in found if isinstance(ev.get("ood"), dict)]
     if detected:
         table = Table("Out-of-distribution detection", ["Run", "OOD data / split", "In-distribution", "Images",

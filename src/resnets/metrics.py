@@ -36,6 +36,9 @@ __all__ = [
     "LOG_EPS",
     "ClassificationMetrics",
     "calibration_bins",
+    "conformal_metrics",
+    "risk_coverage",
+    "selective_metrics",
     "ood_metrics",
     "ood_scores",
 ]
@@ -407,3 +410,152 @@ def ood_metrics(in_scores, out_scores) -> dict[str, float]:
     fpr, tpr, _ = roc_curve(is_in, scores, drop_intermediate=False)
     fpr95 = float(fpr[int(np.searchsorted(tpr, 0.95 - 1e-12, side="left"))])
     return {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95}
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective prediction (risk–coverage)
+# ---------------------------------------------------------------------------------------------
+
+# Coverage and risk targets of `selective_metrics` (the issue's "risk at 80% coverage" and
+# "coverage at 5% risk").
+SELECTIVE_COVERAGE = 0.8
+SELECTIVE_RISK = 0.05
+
+
+def risk_coverage(probs: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The risk–coverage curve of top-label prediction with confidence max_c p[c].
+
+    Returns float64 arrays (coverage, selective risk, generalized risk), one entry per distinct
+    confidence threshold from the highest down: at each, every sample whose confidence is at or
+    above it is accepted (tied samples are accepted together, so the curve does not depend on
+    their order). Coverage is accepted / N; selective risk (Geifman & El-Yaniv 2017) is errors
+    among the accepted / accepted; generalized risk (Traub et al. 2024) is errors among the
+    accepted / N, the probability that a sample is both accepted and wrong.
+    """
+    _check_probs_labels(probs, labels)
+    conf, pred = probs.detach().double().cpu().max(-1)
+    wrong = (pred != labels.cpu().long()).numpy().astype(np.float64)
+    conf = conf.numpy()
+    order = np.argsort(-conf, kind="stable")
+    conf, wrong = conf[order], wrong[order]
+    n = conf.size
+    # The last index of every group of equal confidences.
+    ends = np.r_[np.nonzero(np.diff(conf))[0], n - 1]
+    accepted = ends + 1.0
+    errors = np.cumsum(wrong)[ends]
+    return accepted / n, errors / accepted, errors / n
+
+
+def _per_sample_curve(coverage: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    # Each threshold's value repeated for the samples it adds: N values, one per coverage k/N.
+    counts = np.diff(np.r_[0, np.rint(coverage * n).astype(np.int64)])
+    return np.repeat(values, counts)
+
+
+def selective_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Selective-prediction metrics of top-label prediction with confidence max_c p[c]:
+
+    * ``aurc``: area under the risk–coverage curve (Geifman & El-Yaniv 2017, "Selective
+      classification for deep neural networks"; the AURC of Geifman et al. 2019),
+      (1/N) sum_{k=1..N} risk(k/N), where risk(k/N) is the selective risk when the k most
+      confident samples are accepted (ties: the risk of accepting the whole tied group);
+    * ``augrc``: area under the generalized risk–coverage curve (Traub et al. 2024, "Overcoming
+      common flaws in the evaluation of selective classification systems"), the same mean with
+      the generalized risk errors(k) / N;
+    * ``risk_at_80_coverage``: selective risk at the smallest achievable coverage >= 80%;
+    * ``coverage_at_5_risk``: the largest achievable coverage whose selective risk is <= 5%
+      (0 when none is).
+
+    All in [0, 1]; lower is better except ``coverage_at_5_risk``.
+    """
+    coverage, risk, generalized = risk_coverage(probs, labels)
+    n = probs.shape[0]
+    at = int(np.searchsorted(coverage, SELECTIVE_COVERAGE - 1e-12, side="left"))
+    safe = coverage[risk <= SELECTIVE_RISK + 1e-12]
+    return {
+        "aurc": float(_per_sample_curve(coverage, risk, n).mean()),
+        "augrc": float(_per_sample_curve(coverage, generalized, n).mean()),
+        "risk_at_80_coverage": float(risk[at]),
+        "coverage_at_5_risk": float(safe.max()) if safe.size else 0.0,
+    }
+
+
+def risk_coverage_points(probs: torch.Tensor, labels: torch.Tensor, steps: int = 20) -> dict[str, list[float]]:
+    """The risk–coverage curve at `steps` evenly spaced coverages (1/steps .. 1), each the
+    selective risk at the smallest achievable coverage at or above it: small enough for eval.json
+    and a plot."""
+    coverage, risk, _ = risk_coverage(probs, labels)
+    targets = np.arange(1, steps + 1) / steps
+    index = np.searchsorted(coverage, targets - 1e-12, side="left").clip(max=coverage.size - 1)
+    return {"coverage": coverage[index].tolist(), "risk": risk[index].tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformal prediction sets
+# ---------------------------------------------------------------------------------------------
+
+CONFORMAL_METHODS = ("thr", "aps", "raps")
+# RAPS regularization (Angelopoulos et al. 2021, "Uncertainty sets for image classifiers using
+# conformal prediction", and their repository aangelopoulos/conformal_classification: the
+# penalty lamda * (rank - kreg)+ with their ImageNet example's lamda=0.01, kreg=5).
+RAPS_LAMBDA = 0.01
+RAPS_KREG = 5
+
+
+def conformal_class_scores(probs: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-conformity score of every class (N×C, float64; lower = more conforming).
+
+    * ``thr`` (Sadinle et al. 2019, "least ambiguous set-valued classifiers"): 1 - p[c];
+    * ``aps`` (Romano et al. 2020, adaptive prediction sets): the probability mass of the classes
+      ranked at or above c, minus u·p[c] with u ~ U(0, 1) per sample (the randomized score, which
+      gives exact rather than conservative coverage); ``noise`` holds u (N), zeros to turn it off;
+    * ``raps`` (Angelopoulos et al. 2021): APS plus RAPS_LAMBDA · max(0, rank(c) - RAPS_KREG),
+      rank counted from 1.
+    """
+    if method not in CONFORMAL_METHODS:
+        raise ValueError(f"unknown conformal method {method!r}; expected one of {', '.join(CONFORMAL_METHODS)}")
+    p = probs.detach().double().cpu()
+    if method == "thr":
+        return 1 - p
+    u = torch.zeros(p.shape[0], dtype=torch.float64) if noise is None else noise.double().cpu()
+    sorted_p, order = p.sort(dim=-1, descending=True, stable=True)
+    cumulative = sorted_p.cumsum(-1) - u.unsqueeze(-1) * sorted_p
+    if method == "raps":
+        rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
+        cumulative = cumulative + RAPS_LAMBDA * (rank - RAPS_KREG).clamp_min(0)
+    return torch.empty_like(p).scatter_(-1, order, cumulative)
+
+
+def conformal_quantile(scores: torch.Tensor, alpha: float) -> float:
+    """Split-conformal threshold of n calibration scores: their ceil((n+1)(1-alpha))-th smallest
+    (inf when that exceeds n), so a new exchangeable sample's score is below it with probability
+    >= 1 - alpha (Vovk et al. 2005; Angelopoulos & Bates 2021, eq. 1)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    values = np.sort(scores.detach().double().cpu().numpy().reshape(-1))
+    rank = math.ceil((values.size + 1) * (1 - alpha))
+    return float(values[rank - 1]) if rank <= values.size else math.inf
+
+
+def conformal_metrics(cal_probs: torch.Tensor, cal_labels: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+                      alpha: float, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Split-conformal sets of every method in CONFORMAL_METHODS, calibrated on (cal_probs,
+    cal_labels) at miscoverage `alpha` and scored on (probs, labels): for each method its
+    ``quantile``, ``coverage`` (fraction of sets holding the label) and ``set_size`` (mean
+    number of classes). The APS/RAPS noise u comes from a generator seeded with `seed`."""
+    _check_probs_labels(cal_probs, cal_labels)
+    _check_probs_labels(probs, labels)
+    generator = torch.Generator().manual_seed(seed)
+    cal_noise = torch.rand(cal_probs.shape[0], generator=generator, dtype=torch.float64)
+    noise = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64)
+    results = {}
+    for method in CONFORMAL_METHODS:
+        cal = conformal_class_scores(cal_probs, method, cal_noise)
+        q = conformal_quantile(_true_class_prob(cal, cal_labels.cpu()), alpha)
+        sets = conformal_class_scores(probs, method, noise) <= q
+        results[method] = {
+            "quantile": q,
+            "coverage": float(_true_class_prob(sets.double(), labels.cpu()).mean()),
+            "set_size": float(sets.double().sum(-1).mean()),
+        }
+    return results
