@@ -358,3 +358,48 @@ def test_conformal_sets_need_a_val_split(runs, tmp_path):
         evaluate_runs(run, "--alpha", "0.1")
     with pytest.raises(UserError, match="--alpha must be .*between 0 and 1"):
         evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--alpha", "1")
+
+
+def test_energy_and_max_logit_auroc_equal_sklearn_on_the_saved_logits(runs, tmp_path):
+    from scipy.special import logsumexp
+    from sklearn.metrics import roc_auc_score
+
+    npz = tmp_path / "preds.npz"
+    report = evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--ood-data", "synthetic",
+                           "--save-predictions", npz)
+    saved = np.load(npz)
+    # The saved logits are the model's: their softmax is the saved probabilities.
+    np.testing.assert_allclose(torch.from_numpy(saved["logits"]).softmax(-1).numpy(), saved["probs"], atol=1e-6)
+    is_in = np.r_[np.ones(len(saved["logits"])), np.zeros(len(saved["ood_logits"]))]
+    scores = report["ood"]["scores"]
+    energy = np.r_[logsumexp(saved["logits"].astype(np.float64), axis=1),
+                   logsumexp(saved["ood_logits"].astype(np.float64), axis=1)]
+    assert scores["energy"]["auroc"] == pytest.approx(roc_auc_score(is_in, energy), abs=1e-9)
+    max_logit = np.r_[saved["logits"].max(1), saved["ood_logits"].max(1)]
+    assert scores["max_logit"]["auroc"] == pytest.approx(roc_auc_score(is_in, max_logit), abs=1e-9)
+    assert report["metrics"]["ood/energy/auroc"] == scores["energy"]["auroc"]
+    assert "mutual_information" not in scores  # one model: no members
+
+
+def test_deep_ensemble_ood_has_mutual_information(runs, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    npz = tmp_path / "ens.npz"
+    report = evaluate_runs(runs["det"], runs["det2"], "--out", tmp_path / "eval.json", "--ood-data", "synthetic",
+                           "--save-predictions", npz)
+    scores = report["ood"]["scores"]
+    assert {"max_prob", "entropy", "max_logit", "energy", "mutual_information"} <= set(scores)
+    saved = np.load(npz)
+    # Mutual information of the members, from its definition (as an in-distribution score: negated).
+    entropy = lambda p: -(p * np.log(np.where(p > 0, p, 1))).sum(-1)  # noqa: E731
+
+    def mutual_information(members):
+        members = members.astype(np.float64)
+        return entropy(members.mean(0)) - entropy(members).mean(0)
+
+    mi = np.r_[mutual_information(saved["member_probs"]), mutual_information(saved["ood_member_probs"])]
+    is_in = np.r_[np.ones(saved["member_probs"].shape[1]), np.zeros(saved["ood_member_probs"].shape[1])]
+    assert (mi >= -1e-6).all()
+    assert scores["mutual_information"]["auroc"] == pytest.approx(roc_auc_score(is_in, -mi), abs=1e-4)
+    # An ensemble's logits are its members' mean.
+    assert saved["logits"].shape == saved["probs"].shape

@@ -386,7 +386,21 @@ def test_ood_scores_are_higher_in_distribution():
     one_hot = torch.tensor([[1.0, 0.0, 0.0]])
     assert ood_scores(one_hot, "entropy").item() == 0.0  # 0 log 0 = 0, not NaN
     with pytest.raises(ValueError, match="max_prob"):
+        ood_scores(uniform, "fog")
+    with pytest.raises(ValueError, match="energy score needs N x C logits"):
         ood_scores(uniform, "energy")
+
+
+def test_logit_and_member_ood_scores_follow_their_definitions():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]], dtype=torch.float64)
+    np.testing.assert_allclose(ood_scores(None, "max_logit", logits=logits), [2.0, 0.5])
+    np.testing.assert_allclose(ood_scores(None, "energy", logits=logits),
+                               np.log(np.exp(logits.numpy()).sum(1)), rtol=1e-12)
+    # Two members that agree have no mutual information; two confident, opposite ones have log 2.
+    agree = torch.tensor([[[0.9, 0.1]], [[0.9, 0.1]]], dtype=torch.float64)
+    opposite = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)
+    assert ood_scores(None, "mutual_information", member_probs=agree).item() == pytest.approx(0, abs=1e-12)
+    assert ood_scores(None, "mutual_information", member_probs=opposite).item() == pytest.approx(-math.log(2))
 
 
 # --- plots ------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_page_has_the_eval_json_tables(page: Path):
     shift = next(t for t in tables if "Shift data / split" in t["header"])
     assert shift["rows"][0][:2] == ["det/0", "synthetic/test"]
     ood = next(t for t in tables if "AUROC" in t["header"])
-    assert [row[4] for row in ood["rows"]] == ["max_prob", "entropy"]
+    assert [row[4] for row in ood["rows"]] == ["max_prob", "entropy", "max_logit", "energy"]
     assert all(0 <= float(row[5]) <= 1 for row in ood["rows"])
 
 

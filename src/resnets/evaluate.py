@@ -23,13 +23,12 @@ from .devices import Runtime, resolve_runtime
 from .errors import UserError, writable_path
 from .methods import DeepEnsemble, Method, apply_temperature, check_compatible, fit_temperature, method_class
 from .methods import method_from_config
-from .metrics import (CONFORMAL_METHODS, ClassificationMetrics, conformal_metrics, ood_metrics, ood_scores,
+from .metrics import (CONFORMAL_METHODS, OOD_SCORES, ClassificationMetrics, conformal_metrics, ood_metrics, ood_scores,
                       risk_coverage_points, selective_metrics)
 from .plots import reliability_diagram
 from .prediction import EvalOutput, Predictor, Restartable, save_predictions
 
 SPLITS = ("test", "val", "train")
-OOD_SCORE_KINDS = ("max_prob", "entropy")
 SUMMARY_KEYS = ("nll", "acc", "ece", "brier")
 SELECTIVE_KEYS = ("aurc", "augrc", "risk_at_80_coverage", "coverage_at_5_risk")
 DEFAULT_ALPHA = 0.1  # the miscoverage of Angelopoulos & Bates' gentle introduction's examples
@@ -93,8 +92,10 @@ def add_arguments(parser) -> None:
     outputs.add_argument("--out", metavar="FILE", default=None,
                          help=f"where to write the results (default: <first RUN_DIR>/{run_files.EVAL_FILE})")
     outputs.add_argument("--save-predictions", metavar="FILE.npz", default=None,
-                         help="write probs (N×C), labels and member_probs (M×N×C, for methods with members); with "
-                              "--temperature-scale probs are the scaled ones and uncalibrated_probs the raw ones")
+                         help="write probs (N×C), labels, logits (N×C, the members' mean for methods with members) "
+                              "and member_probs (M×N×C, for methods with members); with --ood-data also ood_probs, "
+                              "ood_logits and ood_member_probs; with --temperature-scale probs are the scaled ones and uncalibrated_probs "
+                              "the raw ones (logits stay unscaled)")
     outputs.add_argument("--reliability-diagram", metavar="FILE.png", default=None,
                          help="write a reliability diagram of the final predictive distribution")
 
@@ -301,8 +302,27 @@ def _scaled_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int,
     return _plain_metrics(metrics.compute()), scaled
 
 
-def _ood_results(in_probs: torch.Tensor, out_probs: torch.Tensor) -> dict[str, dict[str, float]]:
-    return {kind: ood_metrics(ood_scores(in_probs, kind), ood_scores(out_probs, kind)) for kind in OOD_SCORE_KINDS}
+def _ood_results(inside: EvalOutput, outside: EvalOutput, temperature: float | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Detection metrics of every OOD score the predictions allow (metrics.OOD_SCORES): max_prob
+    and entropy always; max_logit and energy where the method gives logits (divided by the
+    temperature when one is given); mutual_information where it has several members (not
+    temperature-scaled)."""
+    def inputs(out: EvalOutput):
+        if temperature is None:
+            return dict(probs=out.probs, logits=out.logits, member_probs=out.member_probs)
+        logits = None if out.logits is None else out.logits / temperature
+        return dict(probs=apply_temperature(out.probs, temperature), logits=logits, member_probs=None)
+
+    a, b = inputs(inside), inputs(outside)
+    kinds = ["max_prob", "entropy"]
+    if a["logits"] is not None and b["logits"] is not None:
+        kinds += ["max_logit", "energy"]
+    if a["member_probs"] is not None and b["member_probs"] is not None and a["member_probs"].shape[0] > 1:
+        kinds.append("mutual_information")
+    return {kind: ood_metrics(ood_scores(a["probs"], kind, logits=a["logits"], member_probs=a["member_probs"]),
+                              ood_scores(b["probs"], kind, logits=b["logits"], member_probs=b["member_probs"]))
+            for kind in kinds}
 
 
 def build_evaluated_model(request: EvalRequest, runs, runtime: Runtime):
@@ -488,7 +508,7 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         report["temperature"] = temperature
         report["temperature_fit"] = dict(data=cfg.data, split="val", count=val.metrics["count"],
                                          nll=val.metrics["nll"], ts_nll=val_scaled["nll"])
-        final = EvalOutput(main.metrics, scaled, main.labels, main.member_probs)
+        final = EvalOutput(main.metrics, scaled, main.labels, main.member_probs, main.logits)
         metrics.update({f"ts/selective/{k}": v for k, v in selective_metrics(scaled, main.labels).items()})
     alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
     if conformal_split is not None:
@@ -503,10 +523,6 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     else:
         report["conformal"] = dict(alpha=alpha, skipped=conformal_skipped)
 
-    if predictions_path is not None:
-        extra = {} if temperature is None else {"temperature": temperature, "uncalibrated_probs": main.probs}
-        save_predictions(predictions_path, final, extra)
-        report["predictions"] = str(predictions_path)
     if diagram_path is not None:
         title = f"{', '.join(Path(r).name for r in args.runs)} on {data_name}/{split_name}"
         if temperature is not None:
@@ -524,16 +540,25 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         report["shift"] = dict(data=args.shift_data, data_dir=args.shift_data_dir, split=shift_split_name,
                                count=out.metrics["count"], metrics=entry)
     if ood is not None:
-        out = ev.predict(ev.batches(ood_split, zero_labels=True), keep=True)
-        detection = _ood_results(main.probs, out.probs)
+        out = ood_out = ev.predict(ev.batches(ood_split, zero_labels=True), keep=True)
+        detection = _ood_results(main, out)
         if temperature is not None:
-            scaled = _ood_results(final.probs, apply_temperature(out.probs, temperature))
+            scaled = _ood_results(main, out, temperature)
             detection.update({f"ts/{kind}": values for kind, values in scaled.items()})
         for kind, values in detection.items():
             metrics.update({_prefixed("ood/", f"{kind}/{k}"): v for k, v in values.items()})
         report["ood"] = dict(data=args.ood_data, data_dir=args.ood_data_dir, split=ood_split_name,
                              count=out.metrics["count"], in_split=split_name, scores=detection)
 
+    if predictions_path is not None:
+        extra = {} if temperature is None else {"temperature": temperature, "uncalibrated_probs": main.probs}
+        if ood is not None:
+            extra["ood_probs"] = ood_out.probs
+            for key, value in (("ood_logits", ood_out.logits), ("ood_member_probs", ood_out.member_probs)):
+                if value is not None:
+                    extra[key] = value
+        save_predictions(predictions_path, final, extra)
+        report["predictions"] = str(predictions_path)
     report["metrics"] = metrics
     return report
 
@@ -637,7 +662,7 @@ def format_report(report: dict) -> str:
     if "ood" in report:
         o = report["ood"]
         lines.append(f"OOD: {o['data']}/{o['split']} ({o['count']} images) vs {report['data']}/{o['in_split']}:")
-        for kind in OOD_SCORE_KINDS:
+        for kind in [k for k in OOD_SCORES if k in o["scores"]]:
             lines += [row(f"ood/{kind}/{k}", f"ood/{kind}/{k}") for k in ("auroc", "aupr_in", "aupr_out", "fpr95")]
     return "\n".join(lines)
 

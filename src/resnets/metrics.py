@@ -1,8 +1,9 @@
 """Classification, calibration, ensemble-diversity and OOD-detection metrics on probabilities.
 
 Everything here takes *probabilities* (rows summing to one, e.g. a softmax or the average of
-ensemble members' softmaxes) and integer labels, never logits: an ensemble's predictive
-distribution is a mean of probabilities, which no logit vector represents exactly.
+ensemble members' softmaxes) and integer labels, not logits: an ensemble's predictive
+distribution is a mean of probabilities, which no logit vector represents exactly. The one
+exception is the logit-based OOD scores (energy, max-logit) of :func:`ood_scores`.
 
 Definitions (N samples, C classes, p the predicted distribution, y the label):
 
@@ -354,20 +355,50 @@ class ClassificationMetrics:
 # ---------------------------------------------------------------------------------------------
 
 
-def ood_scores(probs: torch.Tensor, kind: Literal["max_prob", "entropy"] = "max_prob") -> torch.Tensor:
+OOD_SCORES = ("max_prob", "entropy", "max_logit", "energy", "mutual_information")
+
+
+def ood_scores(probs: torch.Tensor | None, kind: str = "max_prob", *, logits: torch.Tensor | None = None,
+               member_probs: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample in-distribution score: **higher means more in-distribution**.
 
-    ``max_prob``: max_c p[c] (maximum softmax probability, Hendrycks & Gimpel 2017).
-    ``entropy``: the *negative* predictive entropy sum_c p[c] log p[c] (0 log 0 = 0), so that a
-    confident prediction scores higher, like ``max_prob``.
+    From the predictive distribution ``probs`` (N×C):
+
+    * ``max_prob``: max_c p[c] (maximum softmax probability, Hendrycks & Gimpel 2017);
+    * ``entropy``: the *negative* predictive entropy sum_c p[c] log p[c] (0 log 0 = 0), so that a
+      confident prediction scores higher, like ``max_prob``.
+
+    From ``logits`` (N×C; for methods with members, the mean of the members' logits):
+
+    * ``max_logit``: max_c z[c] (Hendrycks et al. 2022, "Scaling out-of-distribution detection");
+    * ``energy``: the negative free energy logsumexp_c z[c] (Liu et al. 2020, "Energy-based
+      out-of-distribution detection", T = 1). Probabilities cannot stand in for logits here: the
+      energy of log-softmax is 0 for every input.
+
+    From ``member_probs`` (M×N×C, M >= 2):
+
+    * ``mutual_information``: the negative mutual information between the label and the member,
+      -(H(mean_m p_m) - mean_m H(p_m)) (the BALD / epistemic part of the predictive entropy).
     """
-    if probs.dim() != 2:
-        raise ValueError(f"probs must be N x C, got shape {tuple(probs.shape)}")
+    if kind in ("max_logit", "energy"):
+        if logits is None or logits.dim() != 2:
+            raise ValueError(f"the {kind} score needs N x C logits, got {None if logits is None else tuple(logits.shape)}")
+        z = logits.double()
+        return z.max(-1).values if kind == "max_logit" else z.logsumexp(-1)
+    if kind == "mutual_information":
+        if member_probs is None or member_probs.dim() != 3:
+            raise ValueError("the mutual_information score needs M x N x C member probabilities")
+        mp = member_probs.double()
+        mean = mp.mean(0)
+        # -(H(mean) - mean H(members)) = sum mean log mean - mean_m sum p_m log p_m
+        return torch.xlogy(mean, mean).sum(-1) - torch.xlogy(mp, mp).sum(-1).mean(0)
+    if probs is None or probs.dim() != 2:
+        raise ValueError(f"probs must be N x C, got shape {None if probs is None else tuple(probs.shape)}")
     if kind == "max_prob":
         return probs.max(-1).values
     if kind == "entropy":
         return torch.xlogy(probs, probs).sum(-1)
-    raise ValueError(f"unknown OOD score kind {kind!r}; expected 'max_prob' or 'entropy'")
+    raise ValueError(f"unknown OOD score kind {kind!r}; expected one of {', '.join(OOD_SCORES)}")
 
 
 def _as_vector(x, name: str) -> np.ndarray:

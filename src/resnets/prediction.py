@@ -29,14 +29,17 @@ class EvalOutput:
     probs: torch.Tensor | None  # N×C on the CPU; None when predictions were not kept
     labels: torch.Tensor  # N on the CPU (kept even when streaming: it is only N integers)
     member_probs: torch.Tensor | None  # M×N×C on the CPU, or None (no members, or not kept)
+    # N×C on the CPU where the method gives logits and predictions were kept (several passes:
+    # the mean of the passes' logits), else None.
+    logits: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def _run_pass(model: nn.Module, method: Method, batches: Iterable, precision: str,
               metrics: ClassificationMetrics | None, keep: bool):
-    """Predict every batch, streaming metrics; returns (probs, members, labels, batch sizes) with
-    probs/members as CPU tensors when `keep`, else None."""
-    probs, members, labels, sizes = [], [], [], []
+    """Predict every batch, streaming metrics; returns (probs, members, labels, batch sizes,
+    logits) with probs/members/logits as CPU tensors when `keep`, else None."""
+    probs, members, labels, sizes, logits = [], [], [], [], []
     for x, y in batches:
         with autocast(x.device, precision):
             pred = method.predict(model, x)
@@ -50,11 +53,13 @@ def _run_pass(model: nn.Module, method: Method, batches: Iterable, precision: st
             probs.append(p.cpu())
             if mp is not None:
                 members.append(mp.cpu())
+            if pred.logits is not None:
+                logits.append(pred.logits.float().cpu())
     if not labels:
         raise UserError("the evaluation data gave no batches; check the evaluation split is not empty.")
     return (torch.cat(probs) if keep else None,
             torch.cat(members, dim=1) if keep and members else None,
-            torch.cat(labels).cpu(), sizes)
+            torch.cat(labels).cpu(), sizes, torch.cat(logits) if keep and len(logits) == len(probs) else None)
 
 
 def predict_dataset(model: nn.Module, method: Method,
@@ -76,13 +81,14 @@ def predict_dataset(model: nn.Module, method: Method,
     metrics = ClassificationMetrics(num_classes)
     passes: list[torch.Tensor] = []
     first_members = labels = sizes = None
+    logit_sum, logit_passes = None, 0
     generator = method.eval_passes(model)
     try:
         for index, _ in enumerate(generator):
             # The first pass streams its metrics, which stand if no second pass follows; with
             # several passes their mean is scored at the end instead.
             keep = keep_predictions or not single
-            probs, members, pass_labels, pass_sizes = _run_pass(
+            probs, members, pass_labels, pass_sizes, logits = _run_pass(
                 model, method, batches(), precision, metrics if index == 0 else None, keep)
             if index == 0:
                 labels, sizes, first_members = pass_labels, pass_sizes, members
@@ -91,16 +97,20 @@ def predict_dataset(model: nn.Module, method: Method,
                                  "the same data in the same order on every call")
             if probs is not None:
                 passes.append(probs)
+            if logits is not None:
+                logit_sum = logits if logit_sum is None else logit_sum + logits
+                logit_passes += 1
     finally:
         generator.close()
         model.train(was_training)
 
     if labels is None:
         raise RuntimeError(f"{type(method).__name__}.eval_passes yielded no pass; it must yield at least once")
+    logits = logit_sum / logit_passes if logit_sum is not None and logit_passes == len(passes) else None
     if len(passes) <= 1:
         probs = passes[0] if passes and keep_predictions else None
         member_probs = first_members if keep_predictions else None
-        return EvalOutput(metrics.compute(), probs, labels, member_probs)
+        return EvalOutput(metrics.compute(), probs, labels, member_probs, logits if keep_predictions else None)
 
     # Several passes: the passes are the members (a pass's own members are averaged into it).
     metrics = ClassificationMetrics(num_classes)
@@ -115,7 +125,7 @@ def predict_dataset(model: nn.Module, method: Method,
         metrics.update(chunk.mean(0), labels[rows], chunk)
         start += size
     mean = stacked.mean(0) if stacked is not None else None
-    return EvalOutput(metrics.compute(), mean, labels, stacked)
+    return EvalOutput(metrics.compute(), mean, labels, stacked, logits if keep_predictions else None)
 
 
 def save_predictions(path: str | Path, out: EvalOutput, extra: dict[str, Any] | None = None) -> None:
@@ -128,6 +138,8 @@ def save_predictions(path: str | Path, out: EvalOutput, extra: dict[str, Any] | 
     arrays = {"probs": out.probs.float().numpy(), "labels": out.labels.long().numpy()}
     if out.member_probs is not None:
         arrays["member_probs"] = out.member_probs.float().numpy()
+    if out.logits is not None:
+        arrays["logits"] = out.logits.float().numpy()
     for key, value in (extra or {}).items():
         arrays[key] = value.float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     path = Path(path)

@@ -20,6 +20,9 @@ from torch import nn
 class Prediction:
     probs: torch.Tensor  # N×C final predictive distribution
     member_probs: torch.Tensor | None = None  # M×N×C for methods with members, else None
+    # N×C logits for logit-based OOD scores (energy, max-logit); with members, their mean. None
+    # where a method has no logits (scores that need them are then left out).
+    logits: torch.Tensor | None = None
 
 
 class Method:
@@ -67,7 +70,8 @@ class Method:
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> Prediction:
         """Eval-mode prediction for a batch of normalized inputs."""
-        return Prediction(F.softmax(model(x).float(), dim=-1))
+        logits = model(x).float()
+        return Prediction(F.softmax(logits, dim=-1), logits=logits)
 
     def eval_passes(self, model: nn.Module) -> Iterator[None]:
         """Prepare `model` for each full pass over the evaluation data, yielding once per pass.

@@ -215,4 +215,4 @@ class BatchEnsemble(Method):
     def predict(self, model: nn.Module, x: torch.Tensor) -> Prediction:
         logits = model(self.tile(x)).float().unflatten(0, (self.members, x.shape[0]))
         member_probs = logits.softmax(-1)
-        return Prediction(member_probs.mean(0), member_probs)
+        return Prediction(member_probs.mean(0), member_probs, logits.mean(0))

@@ -55,8 +55,9 @@ class MCDropout(Method):
         for m in modules:
             m.train()
         try:
-            member_probs = torch.stack([model(x).float().softmax(-1) for _ in range(self.samples)])
+            logits = torch.stack([model(x).float() for _ in range(self.samples)])
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
-        return Prediction(member_probs.mean(0), member_probs)
+        member_probs = logits.softmax(-1)
+        return Prediction(member_probs.mean(0), member_probs, logits.mean(0))
