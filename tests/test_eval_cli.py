@@ -403,3 +403,47 @@ def test_deep_ensemble_ood_has_mutual_information(runs, tmp_path):
     assert scores["mutual_information"]["auroc"] == pytest.approx(roc_auc_score(is_in, -mi), abs=1e-4)
     # An ensemble's logits are its members' mean.
     assert saved["logits"].shape == saved["probs"].shape
+
+
+# --- test-time augmentation ----------------------------------------------------------------------
+
+
+def test_tta_flip_is_the_mean_of_the_softmaxes_of_x_and_its_mirror(runs, tmp_path):
+    from resnets.data import eval_batches, load_dataset
+
+    npz = tmp_path / "tta.npz"
+    report = evaluate_runs(runs["det"], "--out", tmp_path / "eval.json", "--tta", "flip", "--save-predictions", npz)
+    assert report["tta"] == "flip"
+    loaded = load_run(runs["det"], "cpu", "best")
+    data = load_dataset("digits", image_size=IMAGE_SIZE)
+    expected = []
+    with torch.no_grad():
+        for x, _ in eval_batches(data.test, batch_size=100, device="cpu", mean=data.mean, std=data.std,
+                                 image_size=IMAGE_SIZE, num_workers=0):
+            model = loaded.model.eval()
+            expected.append((model(x).softmax(-1) + model(torch.flip(x, dims=[3])).softmax(-1)) / 2)
+    np.testing.assert_allclose(np.load(npz)["probs"], torch.cat(expected).numpy(), rtol=0, atol=1e-6)
+    plain = evaluate_runs(runs["det"], "--out", tmp_path / "plain.json")
+    assert report["metrics"]["nll"] != plain["metrics"]["nll"]
+
+
+def test_tta_flip_and_crops_keep_batchensemble_members(runs, tmp_path):
+    npz = tmp_path / "be.npz"
+    report = evaluate_runs(runs["be"], "--out", tmp_path / "eval.json", "--tta", "flip+crops", "--save-predictions", npz)
+    saved = np.load(npz)
+    assert report["tta"] == "flip+crops" and saved["member_probs"].shape == (2, report["count"], 10)
+    np.testing.assert_allclose(saved["probs"], saved["member_probs"].mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_tta_views():
+    from resnets.tta import tta_views
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    flip = tta_views(x, "flip")
+    assert len(flip) == 2 and torch.equal(flip[1][..., 0], x[..., 7])
+    views = tta_views(x, "flip+crops")
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    # A crop resized back keeps its corner's content: the top-left corner pixel is the image's.
+    assert torch.allclose(views[1][..., 0, 0], x[..., 0, 0], atol=0.6)
+    with pytest.raises(UserError, match="--tta 'mirror'.*flip"):
+        tta_views(x, "mirror")

@@ -135,3 +135,27 @@ def test_missing_onnx_package_names_the_install_command(runs, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "pip install 'onnx>=1.15' 'onnxruntime>=1.17'" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip+crops"])
+def test_onnx_graph_with_tta_equals_eager_tta(runs, digits, tmp_path, tta):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from resnets.tta import with_tta
+
+    out = tmp_path / "tta.onnx"
+    assert export(runs["det"], "--out", out, "--tta", tta) == 0
+    assert json.loads(Path(f"{out}.json").read_text())["tta"] == tta
+    # Eager: the run's method under the same TTA, through the eval pipeline.
+    u8, images = digits
+    loaded = load_run(runs["det"])
+    _, resolved = read_run(runs["det"])
+    split = TensorSplit(u8, torch.zeros(len(u8), dtype=torch.int64))
+    batches = lambda: eval_batches(split, batch_size=5, device="cpu", mean=resolved["mean"], std=resolved["std"],  # noqa: E731
+                                   image_size=IMAGE_SIZE, num_workers=0)
+    want = predict_dataset(loaded.model, with_tta(loaded.method, tta), batches, 10).probs.numpy()
+    plain = predict_dataset(loaded.model, loaded.method, batches, 10).probs.numpy()
+    assert np.abs(want - plain).max() > 1e-4  # the views change the prediction
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

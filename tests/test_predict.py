@@ -92,6 +92,17 @@ def test_temperature_scaling_is_evals(runs, images, tmp_path):
     np.testing.assert_allclose(probs, np.load(npz)["probs"][indices], rtol=0, atol=1e-6)
 
 
+def test_tta_flip_is_evals(runs, images, tmp_path):
+    folder, indices = images
+    npz = tmp_path / "eval.npz"
+    assert main(["eval", str(runs["det"]), "--out", str(tmp_path / "eval.json"), "--tta", "flip",
+                 "--save-predictions", str(npz)]) == 0
+    out = tmp_path / "preds.jsonl"
+    assert predict(runs["det"], folder, "--tta", "flip", "--top-k", 10, "--out", out, "--no-progress") == 0
+    _, probs = read_jsonl(out)
+    np.testing.assert_allclose(probs, np.load(npz)["probs"][indices], rtol=0, atol=1e-6)
+
+
 def test_csv_and_abstain_parse_back(runs, images, tmp_path):
     folder, _ = images
     jsonl = tmp_path / "preds.jsonl"

@@ -27,6 +27,7 @@ from .metrics import (CONFORMAL_METHODS, OOD_SCORES, ClassificationMetrics, conf
                       risk_coverage_points, selective_metrics)
 from .plots import reliability_diagram
 from .prediction import EvalOutput, Predictor, Restartable, save_predictions
+from .tta import HELP as TTA_HELP, TTA_MODES, check_mode as check_tta, with_tta
 
 SPLITS = ("test", "val", "train")
 SUMMARY_KEYS = ("nll", "acc", "ece", "brier")
@@ -67,6 +68,7 @@ def add_arguments(parser) -> None:
                            help="evaluation batch size (default: the run's eval_batch_size)")
     run_group.add_argument("--num-workers", type=int, default=None, metavar="N",
                            help="DataLoader workers for image-folder datasets (default: the run's)")
+    run_group.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     run_group.add_argument("--seed", type=int, default=0,
                            help="seed of MC-dropout draws and corruption noise (default: 0)")
     extra = parser.add_argument_group("calibration, robustness and OOD")
@@ -116,6 +118,7 @@ class EvalRequest:
     batch_size: int | None = None
     num_workers: int | None = None
     seed: int = 0
+    tta: str = "none"  # test-time augmentation (tta.TTA_MODES)
     temperature_scale: bool = False
     corruptions: list[str] = field(default_factory=list)
     severities: list[int] = field(default_factory=list)
@@ -139,6 +142,7 @@ class EvalRequest:
         if self.alpha is not None and not (math.isfinite(self.alpha) and 0 < self.alpha < 1):
             raise UserError(f"--alpha must be a miscoverage strictly between 0 and 1 (e.g. 0.1 for sets that hold "
                             f"the label 90% of the time), got {self.alpha}.")
+        check_tta(self.tta)
         if not 0 <= self.seed < 2**31:
             raise UserError(f"--seed must be an integer from 0 to {2**31 - 1}, got {self.seed}.")
         if self.save_predictions is not None:
@@ -153,7 +157,7 @@ class EvalRequest:
         return cls(
             runs=list(args.runs), weights=args.weights, data=args.data, data_dir=args.data_dir, split=args.split,
             device=args.device, precision=args.precision, batch_size=args.batch_size,
-            num_workers=args.num_workers, seed=args.seed, temperature_scale=args.temperature_scale,
+            num_workers=args.num_workers, seed=args.seed, tta=args.tta, temperature_scale=args.temperature_scale,
             corruptions=corruptions, severities=parse_severities(args.severities) if corruptions else [],
             shift_data=args.shift_data, shift_data_dir=args.shift_data_dir, ood_data=args.ood_data,
             ood_data_dir=args.ood_data_dir, alpha=args.alpha, save_predictions=args.save_predictions,
@@ -477,6 +481,7 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     model, method, weight_files, method_info = build_evaluated_model(args, runs, runtime)
     if finalizes:
         finalize_for_eval(args, request, model, method, runtime)
+    method = with_tta(method, args.tta)  # every prediction below, temperature and conformal fits included
 
     ev = Predictor(model, method, request.num_classes, request.image_size, mean, std, runtime,
                    args.batch_size or cfg.eval_batch_size, args.seed)
@@ -487,7 +492,7 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
         **method_info, model=cfg.model, width=cfg.width, image_size=request.image_size,
         num_classes=request.num_classes, data=data_name,
         data_dir=args.data_dir if data is not request.own else request.own_data_dir(args),
-        split=split_name, device=str(runtime.device), precision=runtime.precision, seed=args.seed,
+        split=split_name, device=str(runtime.device), precision=runtime.precision, seed=args.seed, tta=args.tta,
     )
     if len(runs) == 1 and method.sized_by_ensemble_size:
         report["ensemble_size"] = cfg.ensemble_size
@@ -627,12 +632,12 @@ def format_report(report: dict) -> str:
     keys = [k for k in metrics if not k.startswith(("ts/", "corrupted/", "shift/", "ood/", "selective/", "conformal/"))
             and k != "temperature"]
     ts = "temperature" in metrics
-    header = f"  {'metric':<24}{'value':>10}" + (f"{'T=' + format(metrics['temperature'], '.3f'):>12}" if ts else "")
+    header = f"  {'metric':<32}{'value':>10}" + (f"{'T=' + format(metrics['temperature'], '.3f'):>12}" if ts else "")
     lines.append(header)
 
     def row(label: str, key: str) -> str:
         value = metrics.get(key)
-        text = f"  {label:<24}{_fmt(value):>10}"
+        text = f"  {label:<32}{_fmt(value):>10}"
         if ts:
             text += f"{_fmt(metrics.get('ts/' + key)):>12}"
         return text
@@ -646,7 +651,7 @@ def format_report(report: dict) -> str:
         cal = conformal["calibration"]
         lines.append(f"conformal sets, alpha {conformal['alpha']:g} (calibrated on {cal['data']}/{cal['split']}, "
                      f"{cal['count']} images):")
-        lines += [f"  {'conformal/' + m + '/' + k:<24}{_fmt(metrics.get(f'conformal/{m}/{k}')):>10}"
+        lines += [f"  {'conformal/' + m + '/' + k:<32}{_fmt(metrics.get(f'conformal/{m}/{k}')):>10}"
                   for m in CONFORMAL_METHODS for k in ("coverage", "set_size")]
     elif conformal.get("skipped"):
         lines.append(f"conformal sets skipped: {conformal['skipped']}")

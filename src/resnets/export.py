@@ -36,6 +36,7 @@ from .errors import UserError, writable_path
 from .evaluate import EvalRequest, RunData, build_evaluated_model, finalize_for_eval, read_runs
 from .methods import DeepEnsemble, MCDropout, Method, method_class
 from .predict import expand_ensemble_roots, preprocess_description
+from .tta import HELP as TTA_HELP, TTA_MODES, check_mode as check_tta, with_tta
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
@@ -57,6 +58,7 @@ def add_arguments(parser) -> None:
                         help="the graph returns every member's probabilities (M×N×C) instead of their mean (N×C)")
     parser.add_argument("--weights", choices=run_files.WEIGHTS, default="best",
                         help="which weights of the runs, as for `resnets eval` (default: best)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + "; the views are in the graph")
     parser.add_argument("--data-dir", metavar="DIR", default=None,
                         help="where the run's dataset lives now; only SWA/SWAG runs exported with --weights last "
                              "read it (to re-estimate BatchNorm for the averaged weights)")
@@ -82,8 +84,10 @@ class ExportRequest:
     members: bool = False
     weights: str = "best"
     data_dir: str | None = None
+    tta: str = "none"  # test-time augmentation inside the graph (tta.TTA_MODES)
 
     def __post_init__(self) -> None:
+        check_tta(self.tta)
         if self.format not in FORMATS:
             raise UserError(f"--format {self.format!r} is unknown: expected one of {', '.join(FORMATS)}.")
         if self.out is None:
@@ -94,7 +98,7 @@ class ExportRequest:
     @classmethod
     def from_args(cls, args) -> "ExportRequest":
         return cls(runs=list(args.runs), format=args.format, out=args.out, members=args.members,
-                   weights=args.weights, data_dir=args.data_dir)
+                   weights=args.weights, data_dir=args.data_dir, tta=args.tta)
 
     @property
     def sidecar(self) -> Path:
@@ -172,6 +176,7 @@ def build_exported_model(request: ExportRequest) -> tuple[ExportedModel, dict[st
         exported_as = f"ensemble of {len(models)} {rule.name} models"
         if any(method_class(c.method).finalizes for c, _ in runs):
             notes.append("ensemble members trained with SWA/SWAG contribute their SWA-mean weights (no sampling).")
+    rule = with_tta(rule, request.tta)
     wrapper = ExportedModel(models, rule, mean, std, request.members).eval()
     description = dict(
         method=info["method"], **({"base_method": info["base_method"]} if "base_method" in info else {}),
@@ -182,7 +187,7 @@ def build_exported_model(request: ExportRequest) -> tuple[ExportedModel, dict[st
         mean=[float(v) for v in mean], std=[float(v) for v in std],
         class_names=_class_names(resolved, data.num_classes),
         preprocess=preprocess_description(cfg.data, data.image_size),
-        notes=notes,
+        tta=request.tta, notes=notes,
     )
     return wrapper, description
 

@@ -30,6 +30,7 @@ from .data.pipelines import EVAL_CROP_FRACTION, _eval_transform
 from .data.sources import IMAGE_EXTENSIONS, TensorSplit, decode_rgb, resize_images
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
+from .tta import HELP as TTA_HELP, TTA_MODES, with_tta
 from .evaluate import (EvalRequest, RunData, add_device_arguments, build_evaluated_model, finalize_for_eval,
                        fit_run_temperature, read_runs, temperature_split)
 from .methods import METHODS, apply_temperature, method_class
@@ -72,6 +73,7 @@ def add_arguments(parser) -> None:
     execution.add_argument("--num-workers", type=int, default=None, metavar="N",
                            help="threads decoding images (default: the run's num_workers, else the cores, at most 8; "
                                 "0 decodes in the main thread)")
+    execution.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     execution.add_argument("--seed", type=int, default=0, help="seed of MC-dropout draws (default: 0)")
     execution.add_argument("--no-progress", dest="progress", action="store_false",
                            help="no progress bar (shown on stderr when a folder is given)")
@@ -136,6 +138,7 @@ class PredictRequest:
     batch_size: int | None = None
     num_workers: int | None = None
     seed: int = 0
+    tta: str = "none"  # test-time augmentation (tta.TTA_MODES)
     progress: bool = True
     out_format: str | None = field(default=None, init=False)
 
@@ -158,13 +161,15 @@ class PredictRequest:
         return cls(runs=runs, inputs=inputs, weights=args.weights, top_k=args.top_k,
                    abstain_below=args.abstain_below, temperature_scale=args.temperature_scale,
                    data_dir=args.data_dir, out=args.out, device=args.device, precision=args.precision,
-                   batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, progress=args.progress)
+                   batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, progress=args.progress,
+                   tta=args.tta)
 
     def eval_request(self, run_dirs: list[Path]) -> EvalRequest:
         """The `resnets eval` request whose model, method, normalization and temperature these are."""
         return EvalRequest(runs=[str(r) for r in run_dirs], weights=self.weights, data_dir=self.data_dir,
                            device=self.device, precision=self.precision, batch_size=self.batch_size,
-                           num_workers=self.num_workers, seed=self.seed, temperature_scale=self.temperature_scale)
+                           num_workers=self.num_workers, seed=self.seed, temperature_scale=self.temperature_scale,
+                           tta=self.tta)
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -336,6 +341,7 @@ def predict_images(request: PredictRequest, warn: Callable[[str], None] | None =
     model, method, weight_files, info = build_evaluated_model(eval_args, runs, runtime)
     if finalizes:
         finalize_for_eval(eval_args, data, model, method, runtime)
+    method = with_tta(method, request.tta)
     ev = Predictor(model, method, data.num_classes, data.image_size, mean, std, runtime,
                    request.batch_size or cfg.eval_batch_size, request.seed)
     temperature = fit_run_temperature(ev, val_split)[0] if val_split is not None else None
