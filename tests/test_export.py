@@ -159,3 +159,74 @@ def test_onnx_graph_with_tta_equals_eager_tta(runs, digits, tmp_path, tta):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": images.numpy()})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+# --- timm's Hugging Face layout -------------------------------------------------------------------
+
+
+def test_timm_format_gives_timm_the_same_logits(tmp_path):
+    timm = pytest.importorskip("timm")
+    from tiny_runs import tiny_run
+
+    # An ImageNet-style ResNet-18 (7x7 stem: images above 64 px) on digits upsampled to 72 px.
+    run = tiny_run(tmp_path / "r18", model="resnet18", image_size=72, batch_size=8, eval_batch_size=64)
+    out = tmp_path / "timm"
+    assert export(run, "--format", "timm", "--out", out) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["num_classes"] == 10
+    assert config["pretrained_cfg"]["input_size"] == [3, 72, 72]
+    loaded = load_run(run)
+    x = torch.randn(3, 3, 72, 72, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = loaded.model.eval()(x)
+        # The issue's command: timm keeps the backbone but drops the head, because its default
+        # pretrained_cfg says 1000 classes (timm/models/_builder.py, load_pretrained) ...
+        issue = timm.create_model("resnet18", pretrained=True, num_classes=10,
+                                  pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"))).eval()
+        pooled = issue.forward_head(issue.forward_features(x), pre_logits=True)
+        assert (pooled - loaded.model.forward_features(x)).abs().max().item() <= 1e-5
+        assert (issue(x) - want).abs().max().item() > 1e-3  # its head is a fresh one
+        # ... so the overlay names the classes too, and then the logits are the run's.
+        peer = timm.create_model("resnet18", pretrained=True, num_classes=10,
+                                 pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"),
+                                                             num_classes=10)).eval()
+        assert (peer(x) - want).abs().max().item() <= 1e-5
+        # config.json alone tells timm the architecture, classes and preprocessing.
+        local = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+        assert (local(x) - want).abs().max().item() <= 1e-5
+        assert local.pretrained_cfg["mean"] == pytest.approx(read_run(run)[1]["mean"])
+
+
+@pytest.mark.parametrize("name", ["resnetrs50", "resnet50"])
+def test_timm_key_mapping_round_trips_through_timm(name, tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from resnets import create_model
+    from resnets.models.weights import export_weights_to_timm
+
+    torch.manual_seed(0)
+    ours = create_model(name, num_classes=7)
+    g = torch.Generator().manual_seed(1)
+    for m in ours.modules():  # fresh BN is the identity, which would hide a wrong BN mapping
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    ours.eval()
+    save_file(export_weights_to_timm(ours), str(tmp_path / "model.safetensors"))
+    peer = timm.create_model(name, pretrained=True, num_classes=7,
+                             pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"),
+                                                         num_classes=7)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        assert (peer(x) - ours(x)).abs().max().item() <= 1e-5
+
+
+def test_timm_format_refuses_what_timm_cannot_build(runs, tmp_path, capsys):
+    # The tiny runs are ResNet-20s (CIFAR-style): not in timm.
+    assert export(runs["det"], "--format", "timm", "--out", tmp_path / "timm") == 2
+    assert "no timm counterpart" in capsys.readouterr().err
+    assert export(runs["det"], "--format", "timm") == 2
+    assert "--out DIR" in capsys.readouterr().err
+    assert not (tmp_path / "timm").exists()

@@ -49,8 +49,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories written by `resnets train`; several are exported as one deep-ensemble "
                              "graph (the folder of a `--method ensemble` run: its members)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
-                        help="onnx (needs the onnx package) or torchscript (default: onnx)")
+    parser.add_argument("--format", choices=tuple(FORMATS) + ("timm",), default="onnx",
+                        help="onnx (needs the onnx package), torchscript, or timm: a folder --out DIR with "
+                             "config.json and model.safetensors in timm's Hugging Face layout, for one ImageNet-style "
+                             "ResNet or ResNet-RS run (default: onnx)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="the model file (default: <first RUN_DIR>/model.onnx or model.pt, model-members.* with "
                              "--members); the sidecar JSON is FILE.json")
@@ -294,6 +296,8 @@ def _check(fmt: str, path: Path, wrapper: ExportedModel, size: int, output: str)
 
 def run(args) -> int:
     """`resnets export`: write the model file and its sidecar (see add_arguments)."""
+    if args.format == "timm":
+        return _run_timm(args)
     request = ExportRequest.from_args(args)
     sidecar = export_runs(request)
     size_mb = request.out.stat().st_size / 2**20
@@ -310,4 +314,23 @@ def run(args) -> int:
     else:
         print(f"check skipped: {check['skipped']}")
     print(f"sidecar: {request.sidecar}")
+    return 0
+
+
+def _run_timm(args) -> int:
+    """`resnets export RUN --format timm --out DIR` (timm_format.py)."""
+    from .timm_format import export_timm
+
+    if len(args.runs) != 1 or args.members or args.tta != "none":
+        raise UserError("--format timm exports one run's network as timm builds it: give exactly one RUN_DIR, "
+                        "without --members or --tta.")
+    if args.out is None:
+        raise UserError("--format timm needs --out DIR, the folder to write config.json and model.safetensors to.")
+    config = export_timm(args.runs[0], args.out, args.weights)
+    print(f"exported {config['architecture']} ({config['num_classes']} classes) for timm: {args.out}/model.safetensors "
+          f"and {args.out}/config.json")
+    print(f"load it with: timm.create_model({config['architecture']!r}, pretrained=True, "
+          f"num_classes={config['num_classes']}, pretrained_cfg_overlay=dict(file='{args.out}/model.safetensors', "
+          f"num_classes={config['num_classes']})) "
+          f"or timm.create_model('local-dir:{args.out}', pretrained=True)")
     return 0

@@ -80,3 +80,33 @@ def import_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
         for key, tensor in renamed.items():
             target[key].copy_(tensor)
     return model
+
+
+# --- export: our state dict in timm's names (the inverse of import_weights(..., "timm")) -----------
+
+
+def _inverse_rules(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # Every rule maps a literal prefix ('^conv1\.0\.') or infix ('\.downsample\.1\.') to a literal:
+    # swap the two sides, escaping ours and unescaping theirs.
+    inverse = []
+    for pattern, replacement in rules:
+        anchor = "^" if pattern.startswith("^") else ""
+        literal = pattern.lstrip("^").replace("\\", "")
+        inverse.append((anchor + re.escape(replacement), literal))
+    return inverse
+
+
+def export_weights_to_timm(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s state dict under timm's key names (resnet18..152, resnetrs*), CPU tensors.
+
+    Checked by importing the result back with `import_weights(..., "timm")` onto a copy: the
+    round trip must fill every tensor of the model with its own values."""
+    import copy
+
+    rules = _inverse_rules(_rules_for(model, "timm"))
+    state = {_rename(key, rules): tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    back = import_weights(copy.deepcopy(model).cpu(), state, "timm").state_dict()
+    for key, tensor in model.state_dict().items():
+        if not torch.equal(back[key].cpu(), tensor.cpu()):
+            raise ValueError(f"the timm key mapping does not round-trip {key!r}")
+    return state
