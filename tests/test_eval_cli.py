@@ -326,6 +326,12 @@ def test_selective_metrics_and_thr_sets_on_digits(runs, tmp_path):
     k = np.arange(1, len(errors) + 1)
     assert metrics["selective/aurc"] == pytest.approx((errors / k).mean(), abs=1e-3)  # float32 ties aside
     assert report["risk_coverage"]["coverage"][-1] == 1
+    png = tmp_path / "risk.png"
+    assert evaluate_runs(runs["det"], "--out", tmp_path / "e2.json", "--risk-coverage", png)["risk_coverage_plot"] \
+        == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="--risk-coverage"):
+        evaluate_runs(runs["det"], "--out", tmp_path / "e3.json", "--risk-coverage", tmp_path / "no" / "r.png")
     assert report["risk_coverage"]["risk"][-1] == pytest.approx(1 - metrics["acc"])
 
     # THR (Sadinle et al.) by hand: calibrated on the run's val split at alpha = 0.1.

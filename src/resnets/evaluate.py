@@ -25,7 +25,7 @@ from .methods import DeepEnsemble, Method, apply_temperature, check_compatible, 
 from .methods import method_from_config
 from .metrics import (CONFORMAL_METHODS, OOD_SCORES, ClassificationMetrics, conformal_metrics, ood_metrics, ood_scores,
                       risk_coverage_points, selective_metrics)
-from .plots import reliability_diagram
+from .plots import reliability_diagram, risk_coverage_plot
 from .prediction import EvalOutput, Predictor, Restartable, save_predictions
 from .tta import HELP as TTA_HELP, TTA_MODES, check_mode as check_tta, with_tta
 
@@ -100,6 +100,8 @@ def add_arguments(parser) -> None:
                               "the raw ones (logits stay unscaled)")
     outputs.add_argument("--reliability-diagram", metavar="FILE.png", default=None,
                          help="write a reliability diagram of the final predictive distribution")
+    outputs.add_argument("--risk-coverage", metavar="FILE.png", default=None,
+                         help="write the risk-coverage curve (selective and generalized risk, confidence = max prob)")
 
 
 # --- the request, checked before any work --------------------------------------------------
@@ -129,6 +131,7 @@ class EvalRequest:
     alpha: float | None = None  # None: DEFAULT_ALPHA where the run has a val split, else skipped
     save_predictions: Path | None = None
     reliability_diagram: Path | None = None
+    risk_coverage: Path | None = None
 
     def __post_init__(self) -> None:
         for name_flag, dir_flag in (("shift_data", "shift_data_dir"), ("ood_data", "ood_data_dir")):
@@ -150,6 +153,8 @@ class EvalRequest:
         if self.reliability_diagram is not None:
             self.reliability_diagram = writable_path(self.reliability_diagram, "--reliability-diagram",
                                                      "a .png file path")
+        if self.risk_coverage is not None:
+            self.risk_coverage = writable_path(self.risk_coverage, "--risk-coverage", "a .png file path")
 
     @classmethod
     def from_args(cls, args) -> "EvalRequest":
@@ -161,7 +166,7 @@ class EvalRequest:
             corruptions=corruptions, severities=parse_severities(args.severities) if corruptions else [],
             shift_data=args.shift_data, shift_data_dir=args.shift_data_dir, ood_data=args.ood_data,
             ood_data_dir=args.ood_data_dir, alpha=args.alpha, save_predictions=args.save_predictions,
-            reliability_diagram=args.reliability_diagram)
+            reliability_diagram=args.reliability_diagram, risk_coverage=args.risk_coverage)
 
 
 def parse_corruptions(text: str) -> list[str]:
@@ -502,6 +507,10 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     metrics = _plain_metrics(main.metrics)
     metrics.update({f"selective/{k}": v for k, v in selective_metrics(main.probs, main.labels).items()})
     report["risk_coverage"] = risk_coverage_points(main.probs, main.labels)
+    if args.risk_coverage is not None:
+        risk_coverage_plot(main.probs, main.labels, args.risk_coverage,
+                           title=f"{', '.join(Path(r).name for r in args.runs)} on {data_name}/{split_name}")
+        report["risk_coverage_plot"] = str(args.risk_coverage)
     final = main
     temperature = val = None
     if val_split is not None:
@@ -575,7 +584,7 @@ def run(args) -> int:
     report = evaluate_runs(request)
     run_files.write_json(out_path, report)
     print(format_report(report))
-    for key in ("predictions", "reliability_diagram"):
+    for key in ("predictions", "reliability_diagram", "risk_coverage_plot"):
         if key in report:
             print(f"{key.replace('_', ' ')}: {report[key]}")
     print(f"results: {out_path}")

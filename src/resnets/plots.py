@@ -336,3 +336,31 @@ def training_curves(
     if path is not None:
         _save(fig, path)
     return fig
+
+
+def risk_coverage_plot(probs: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike | None = None,
+                       title: str | None = None):
+    """The risk–coverage curve (selective risk against coverage, confidence = max prob) of
+    :func:`resnets.metrics.risk_coverage`, with the AURC in the legend; a PNG at ``path`` when given."""
+    from .metrics import risk_coverage, selective_metrics
+
+    if path is not None:
+        path = _check_writable(path)
+    coverage, risk, generalized = risk_coverage(probs, labels)
+    values = selective_metrics(probs, labels)
+    fig = _new_figure(5.2, 4.2)
+    ax = fig.add_subplot()
+    ax.step(np.r_[0, coverage], np.r_[risk[0], risk], where="post", color="#1d3f66",
+            label=f"selective risk (AURC {values['aurc']:.4f})")
+    ax.step(np.r_[0, coverage], np.r_[0, generalized], where="post", color="#c9704c",
+            label=f"generalized risk (AUGRC {values['augrc']:.4f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("risk")
+    ax.legend(loc="best")
+    if title:
+        ax.set_title(title)
+    if path is not None:
+        _save(fig, path)
+    return fig
