@@ -50,7 +50,7 @@ from .methods import method_class
 from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
 from .prediction import Restartable, predict_dataset
-from .recipe import build_run_model, parameter_groups
+from .recipe import build_optimizer, build_run_model, parameter_groups
 
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
@@ -163,7 +163,13 @@ class _Trainer:
         device = self.device
 
         torch.manual_seed(cfg.seed)
-        model, self.method = build_run_model(cfg, data.num_classes, data.image_size)
+        # A new run starts from --pretrained weights; a resume from its checkpoint.
+        self.notes: list[str] = []
+        model, self.method = build_run_model(cfg, data.num_classes, data.image_size,
+                                             notes=self.notes if resume is None else None)
+        if env.is_main:
+            for note in self.notes:
+                print(f"resnets train: {note}", file=sys.stderr, flush=True)
         self.params = count_parameters(model)
         if env.enabled and cfg.sync_bn:
             # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
@@ -171,8 +177,7 @@ class _Trainer:
                      else convert_to_cross_process_bn(model))
         self.model = model.to(device, memory_format=runtime.memory_format)
         groups = self.method.param_groups(self.model, parameter_groups(self.model, cfg))
-        self.optimizer = torch.optim.SGD(groups, lr=schedule.peak_lr, momentum=cfg.momentum,
-                                         nesterov=cfg.nesterov)
+        self.optimizer = build_optimizer(groups, cfg, schedule.peak_lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
                     if cfg.ema_decay else None)
@@ -728,6 +733,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
         runs.append_log(run_dir, f"# resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
                         f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {runtime.precision}, "
                         f"{device_description(runtime.device, env.world_size)}")
+        for note in trainer.notes:
+            runs.append_log(run_dir, f"# {note}")
     try:
         trainer.run()
         return _finish(trainer)
