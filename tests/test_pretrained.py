@@ -188,3 +188,15 @@ def test_pickle_that_runs_code_is_refused_without_running_it(tmp_path, capsys):
     err = _refused(tmp_path, capsys, "--model", "resnet18", "--pretrained", str(path))
     assert not marker.exists()
     assert str(path) in err and "never unpickled" in err
+
+
+def test_finetune_preset_follows_the_torchvision_tutorial():
+    # pytorch/tutorials beginner_source/transfer_learning_tutorial.py: SGD lr 0.001 momentum 0.9,
+    # StepLR(step_size=7, gamma=0.1), 25 epochs, every layer trained from ImageNet weights.
+    from resnets.config import TrainConfig
+    from resnets.presets import get_preset
+    cfg = TrainConfig.from_dict(get_preset("finetune-resnet50"))
+    assert (cfg.model, cfg.pretrained, cfg.optimizer, cfg.lr, cfg.momentum) == ("resnet50", "torchvision", "sgd",
+                                                                                0.001, 0.9)
+    assert (cfg.schedule, cfg.milestones, cfg.lr_decay, cfg.iters, cfg.freeze) == ("step", "7ep,14ep,21ep", 0.1,
+                                                                                  "25ep", 0)
