@@ -590,10 +590,13 @@ def train(cfg: TrainConfig, resume: bool = False, *, resume_dir: str | Path | No
     env = init_distributed(runtime.device.type)
     if env.enabled and runtime.device.type == "cuda":
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", env.local_rank))
+    locks: list[runs.RunLock] = []
     try:
         with kernel_choice(runtime.device, cfg.use_deterministic_algorithms):
-            return _train(cfg, resume, env, runtime, resume_dir)
+            return _train(cfg, resume, env, runtime, resume_dir, locks)
     finally:
+        for lock in locks:
+            lock.release()
         shutdown(env)
 
 
@@ -633,7 +636,8 @@ def _plan(cfg: TrainConfig, resume: bool) -> tuple[str, str | None, runs.FoundCh
     checkpoints = (run_dir / runs.LAST_CHECKPOINT).parent
     if not (run_dir / runs.CONFIG_FILE).is_file():
         # Stopped while building its model, before config.yaml: only an empty checkpoints/ is there.
-        early = [p.name for p in run_dir.iterdir()] == [checkpoints.name] and not any(checkpoints.iterdir())
+        early = ([p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE] == [checkpoints.name]
+                 and not any(checkpoints.iterdir()))
         return ("restart" if early else "new"), str(run_dir), None
     saved = runs.read_config(run_dir).train_config()
     flags = _recipe_changes(saved, cfg.to_dict())
@@ -664,7 +668,8 @@ def _disk_full(error: OSError) -> bool:
 
 
 def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
-           resume_dir: str | Path | None = None) -> runs.RunResults | None:
+           resume_dir: str | Path | None = None, locks: list | None = None) -> runs.RunResults | None:
+    locks = [] if locks is None else locks
     method = method_class(cfg.method)
     if cfg.ema_decay and method.averages_weights:
         raise UserError(f"--ema-decay and --method {cfg.method} both average weights and cannot be combined: "
@@ -680,6 +685,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
     found: list[runs.FoundCheckpoint | None] = [None]
 
     def plan():
+        if cfg.out and Path(cfg.out).is_dir():  # before reading it: another launch may be writing it
+            locks.append(runs.RunLock(cfg.out))
         mode, where, checkpoint = _plan(cfg, resume)
         found[0] = checkpoint
         return mode, where, str(checkpoint.path) if checkpoint is not None else None
@@ -712,7 +719,10 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        return str(runs.new_run_dir(cfg))
+        made = runs.new_run_dir(cfg)
+        if not locks:
+            locks.append(runs.RunLock(made))
+        return str(made)
 
     run_dir = Path(_on_main(env, run_directory))
     resuming = mode == "resume"
