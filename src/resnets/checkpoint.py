@@ -186,8 +186,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} does not exist: expected a file written by `resnets train`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # torch's weights-only unpickler raises many types on foreign bytes
+        # Our words only: torch's UnpicklingError advises re-running with weights_only=False, which
+        # would run whatever code the file holds.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, pickle.UnpicklingError) or "weights_only" in first_line or not first_line:
+            first_line = f"{type(error).__name__}: refused by the safe loader"
         raise UserError(f"checkpoint {path} cannot be read safely ({first_line}): expected an intact "
                         "resnets checkpoint; it is corrupt, truncated, or holds objects other than tensors "
                         "and plain values, which are never unpickled") from None

@@ -37,6 +37,13 @@ class TrainConfig:
         help="zero-init the last BN scale of each block (default: the model's, yes)"))
     bn_momentum: float | None = field(default=None, metadata=dict(
         help="BN running-statistics momentum, PyTorch's convention (default: the model's, 0.1)"))
+    pretrained: str | None = field(default=None, metadata=dict(
+        help="start a new run from weights: torchvision, timm (their ImageNet weights, from torch hub's or the "
+             "Hugging Face cache) or a .pth/.pt/.safetensors state dict (either library's, or a run's "
+             "model.safetensors); a head of another class count is replaced. The architecture follows the "
+             "weights: resnet18..152 keep the 7x7 ImageNet stem whatever --image-size"))
+    freeze: int = field(default=0, metadata=dict(
+        help="freeze the stem and the first N stages (no gradients; their BN keeps its running statistics)"))
     method: str = field(default="deterministic", metadata=dict(
         help="deterministic, batchensemble, mcdropout, swa, swag, or ensemble (ensemble_size runs, seeds seed+k)"))
     ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble or ensemble"))
@@ -67,11 +74,15 @@ class TrainConfig:
     lr: float = field(default=0.1, metadata=dict(help="peak learning rate (for lr_base_batch: at that batch)"))
     lr_base_batch: int | None = field(default=None, metadata=dict(
         help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))
+    optimizer: str = field(default="sgd", metadata=dict(
+        help="sgd (with momentum) or adamw (torch.optim.AdamW: decoupled weight decay, betas 0.9/0.999)"))
+    head_lr_mult: float = field(default=1.0, metadata=dict(help="LR multiplier of the classifier head"))
     momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
     nesterov: bool = field(default=False, metadata=dict(help="Nesterov momentum"))
     weight_decay: float = field(default=1e-3, metadata=dict(help="coupled L2: grad += wd * param"))
-    decay_bn: bool = field(default=True, metadata=dict(
-        help="apply weight decay to BN parameters too (seed 001); off for seeds 000/003"))
+    decay_bn: bool | None = field(default=None, metadata=dict(
+        help="apply weight decay to BN parameters (with adamw: and biases) too (default: yes with sgd, as "
+             "seed 001; no with adamw); off for seeds 000/003"))
     schedule: str = field(default="cosine", metadata=dict(help="cosine or step (after linear warmup)"))
     warmup: str = field(default="10%", metadata=dict(help="linear warmup from 0: 10%%, 5ep or iterations"))
     milestones: str = field(default="", metadata=dict(help="step schedule: comma-separated, e.g. 30ep,60ep,80ep"))

@@ -171,12 +171,27 @@ DIGITS_METHODS = {
         swa_start=0.75, swa_every=5, swag_rank=10, swag_samples=10),
 }
 
+# Fine-tuning torchvision's ImageNet ResNet-50 on a folder of your own images (--data imagenet reads
+# any train/<class>/ val/<class>/ pair). Source: T = pytorch/tutorials
+# beginner_source/transfer_learning_tutorial.py ("finetuning the ConvNet": every layer trained).
+FINETUNE_RESNET50 = dict(
+    data="imagenet", model="resnet50", pretrained="torchvision", image_size=224,
+    optimizer="sgd", lr=0.001, momentum=0.9,     # T: optim.SGD(model_ft.parameters(), lr=0.001, momentum=0.9)
+    weight_decay=0.0,                            # T: no weight decay
+    schedule="step", milestones="7ep,14ep,21ep", lr_decay=0.1,  # T: StepLR(step_size=7, gamma=0.1)
+    iters="25ep",                                # T: train_model(..., num_epochs=25)
+    warmup="0",                                  # T: no warmup
+    augment="crop-flip",                         # T: RandomResizedCrop(224) + RandomHorizontalFlip
+    batch_size=32,                               # ours: T's batch 4 is for its 244-image demo; lr kept
+    eval_every="1ep")                            # T: validates after every epoch
+
 # The default job first and the digits method presets last (`--list-presets` shows this order).
 PRESETS: dict[str, dict[str, Any]] = {"digits-resnet20": DIGITS}
 PRESETS.update(_seed001_presets())
 PRESETS.update(_seed000_presets())
 PRESETS.update(_seed003_presets())
 PRESETS.update(DIGITS_METHODS)
+PRESETS["finetune-resnet50"] = FINETUNE_RESNET50
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -54,6 +54,7 @@ BEST_WEIGHTS = "checkpoints/best.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
 EVAL_FILE = "eval.json"
 MEMBER_PREFIX = "member_"
+LOCK_FILE = "train.lock"  # held (flock) by the process training the run; its host and PID inside
 
 WEIGHTS = ("best", "final", "last")
 
@@ -313,7 +314,7 @@ def new_run_dir(cfg: TrainConfig) -> Path:
         name = cfg.name or default_run_name(cfg)
         stamp = datetime.now().strftime("%Y%m%d%H%M%S")
         run_dir = Path(cfg.runs_root) / cfg.data / name / str(cfg.seed) / stamp
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty: choose another --out, or "
                         f"continue that run with --resume {run_dir}")
     try:
@@ -321,6 +322,36 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     except OSError as error:
         raise UserError(f"cannot create run directory {run_dir}: {error.strerror}") from None
     return run_dir
+
+
+class RunLock:
+    """An exclusive lock on a run directory while one process trains it: fcntl.flock on LOCK_FILE,
+    which the kernel releases when the process ends however it ends, so a lock file left by a dead
+    process is simply taken over. Inside: the holder's host and PID, for the second launch's error."""
+
+    def __init__(self, run_dir: str | Path):
+        import fcntl
+        import os
+        import socket
+        self.path = Path(run_dir) / LOCK_FILE
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise UserError(f"--out {run_dir} is being trained by {holder} (it holds {self.path}): wait for it "
+                            "to finish or stop it, or give another --out; two launches into one run directory "
+                            "would overwrite each other's checkpoints") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # closing the file releases the flock
 
 
 # ---------------------------------------------------------------------------------------------

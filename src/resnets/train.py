@@ -50,7 +50,7 @@ from .methods import method_class
 from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
 from .prediction import Restartable, predict_dataset
-from .recipe import build_run_model, parameter_groups
+from .recipe import build_optimizer, build_run_model, parameter_groups
 
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
@@ -163,7 +163,13 @@ class _Trainer:
         device = self.device
 
         torch.manual_seed(cfg.seed)
-        model, self.method = build_run_model(cfg, data.num_classes, data.image_size)
+        # A new run starts from --pretrained weights; a resume from its checkpoint.
+        self.notes: list[str] = []
+        model, self.method = build_run_model(cfg, data.num_classes, data.image_size,
+                                             notes=self.notes if resume is None else None)
+        if env.is_main:
+            for note in self.notes:
+                print(f"resnets train: {note}", file=sys.stderr, flush=True)
         self.params = count_parameters(model)
         if env.enabled and cfg.sync_bn:
             # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
@@ -171,8 +177,7 @@ class _Trainer:
                      else convert_to_cross_process_bn(model))
         self.model = model.to(device, memory_format=runtime.memory_format)
         groups = self.method.param_groups(self.model, parameter_groups(self.model, cfg))
-        self.optimizer = torch.optim.SGD(groups, lr=schedule.peak_lr, momentum=cfg.momentum,
-                                         nesterov=cfg.nesterov)
+        self.optimizer = build_optimizer(groups, cfg, schedule.peak_lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
                     if cfg.ema_decay else None)
@@ -585,10 +590,13 @@ def train(cfg: TrainConfig, resume: bool = False, *, resume_dir: str | Path | No
     env = init_distributed(runtime.device.type)
     if env.enabled and runtime.device.type == "cuda":
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", env.local_rank))
+    locks: list[runs.RunLock] = []
     try:
         with kernel_choice(runtime.device, cfg.use_deterministic_algorithms):
-            return _train(cfg, resume, env, runtime, resume_dir)
+            return _train(cfg, resume, env, runtime, resume_dir, locks)
     finally:
+        for lock in locks:
+            lock.release()
         shutdown(env)
 
 
@@ -628,7 +636,8 @@ def _plan(cfg: TrainConfig, resume: bool) -> tuple[str, str | None, runs.FoundCh
     checkpoints = (run_dir / runs.LAST_CHECKPOINT).parent
     if not (run_dir / runs.CONFIG_FILE).is_file():
         # Stopped while building its model, before config.yaml: only an empty checkpoints/ is there.
-        early = [p.name for p in run_dir.iterdir()] == [checkpoints.name] and not any(checkpoints.iterdir())
+        early = ([p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE] == [checkpoints.name]
+                 and not any(checkpoints.iterdir()))
         return ("restart" if early else "new"), str(run_dir), None
     saved = runs.read_config(run_dir).train_config()
     flags = _recipe_changes(saved, cfg.to_dict())
@@ -659,7 +668,8 @@ def _disk_full(error: OSError) -> bool:
 
 
 def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
-           resume_dir: str | Path | None = None) -> runs.RunResults | None:
+           resume_dir: str | Path | None = None, locks: list | None = None) -> runs.RunResults | None:
+    locks = [] if locks is None else locks
     method = method_class(cfg.method)
     if cfg.ema_decay and method.averages_weights:
         raise UserError(f"--ema-decay and --method {cfg.method} both average weights and cannot be combined: "
@@ -675,6 +685,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
     found: list[runs.FoundCheckpoint | None] = [None]
 
     def plan():
+        if cfg.out and Path(cfg.out).is_dir():  # before reading it: another launch may be writing it
+            locks.append(runs.RunLock(cfg.out))
         mode, where, checkpoint = _plan(cfg, resume)
         found[0] = checkpoint
         return mode, where, str(checkpoint.path) if checkpoint is not None else None
@@ -707,7 +719,10 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        return str(runs.new_run_dir(cfg))
+        made = runs.new_run_dir(cfg)
+        if not locks:
+            locks.append(runs.RunLock(made))
+        return str(made)
 
     run_dir = Path(_on_main(env, run_directory))
     resuming = mode == "resume"
@@ -728,6 +743,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
         runs.append_log(run_dir, f"# resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
                         f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {runtime.precision}, "
                         f"{device_description(runtime.device, env.world_size)}")
+        for note in trainer.notes:
+            runs.append_log(run_dir, f"# {note}")
     try:
         trainer.run()
         return _finish(trainer)
