@@ -127,6 +127,22 @@ def test_batchensemble_members_start_from_the_shared_weights(tmp_path, monkeypat
     assert torch.equal(trained["layer3.1.conv2.weight"], peer.state_dict()["layer3.1.conv2.weight"])
 
 
+def test_deep_ensemble_members_start_from_the_weights_with_their_own_heads(tmp_path, monkeypatch):
+    peer, _ = _torchvision_home(tmp_path, monkeypatch, "resnet18")
+    out = tmp_path / "run"
+    # --head-init default: PyTorch's random head (the default recipe's is all zeros, the same for any seed).
+    assert _train(out, "--model", "resnet18", "--pretrained", "torchvision", "--method", "ensemble",
+                  "--ensemble-size", "2", "--head-init", "default") == 0
+    from resnets.models.weights import _TORCHVISION_RULES, _rename
+    members = [load_file(out / f"member_{k}" / FINAL_WEIGHTS) for k in range(2)]
+    for trained in members:  # every member: all but the head is the file's
+        _assert_backbone_equal(trained, peer.state_dict(), lambda k: _rename(k, _TORCHVISION_RULES))
+        assert trained["fc.weight"].shape == (10, 512)
+    # The heads (10 classes, the file's has 1000) are initialized from each member's own seed.
+    assert not torch.equal(members[0]["fc.weight"], members[1]["fc.weight"])
+    assert all(m["fc.weight"].abs().sum() > 0 for m in members)
+
+
 def _refused(tmp_path: Path, capsys, *flags: str) -> str:
     assert _train(tmp_path / "refused", *flags) == 2
     err = capsys.readouterr().err
