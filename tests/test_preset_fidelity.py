@@ -50,6 +50,10 @@ RS_M = "tensorflow/tpu models/official/resnet/resnet_main.py (ResNet-RS era)"
 RS_RM = "tensorflow/tpu models/official/resnet/resnet_model.py"
 RS_G = "tensorflow/models official/vision/configs/image_classification.py (resnet_rs_imagenet)"
 SEED000 = "../shared/seeds/000_*.txt"
+MADDOX = ("maddox-imagenet-resnet152-swag",)
+SW_R = "wjmaddox/swa_gaussian experiments/imagenet/run_swag_imagenet.py (commit 82c96926)"
+SW_E = "wjmaddox/swa_gaussian experiments/imagenet/eval_swag_imagenet.py"
+SW_L = "wjmaddox/swa_gaussian experiments/imagenet/data.py"
 SEED003 = "../shared/seeds/003_*.txt"
 
 # One row per preset family × field. `presets` lists the presets the row covers; `expected`
@@ -106,6 +110,29 @@ RECIPE: list[dict[str, Any]] = [
          source=f"{UB_B}: fast_weight_lr_multiplier 0.25"),
     dict(presets=UB_BE, field="be_init", expected="normal",
          source=f"{UB_B} random_sign_init=-0.5 + {UB_MB}: RandomNormal(mean=1, stddev=0.5)"),
+    # --- seed 000's literature row, Maddox et al. (2019) SWAG on ResNet-152 ------------------
+    dict(presets=MADDOX, field="model", expected="resnet152", source=f"{SEED000} note 4; {SW_R}: torchvision.models"),
+    dict(presets=MADDOX, field="pretrained", expected="torchvision",
+         source=f"{SEED000}: pretrained+10 epochs; {SW_R}: model_class(pretrained=True)"),
+    dict(presets=MADDOX, field="method", expected="swag", source=SEED000),
+    dict(presets=MADDOX, field="total_iters", expected=10 * 5004,
+         source=f"{SEED000}: +10 epochs; 1281167 // batch 256 steps per epoch"),
+    dict(presets=MADDOX, field="batch_size", expected=256, source=f"{SW_R}: --batch_size default 256"),
+    dict(presets=MADDOX, field="momentum", expected=0.9, source=f"{SW_R}: SGD momentum default 0.9"),
+    dict(presets=MADDOX, field="nesterov", expected=False, source=f"{SW_R}: torch.optim.SGD without nesterov"),
+    dict(presets=MADDOX, field="weight_decay", expected=1e-4, source=f"{SW_R}: --wd default 1e-4 (SGD weight_decay)"),
+    dict(presets=MADDOX, field="decay_bn", expected=True, source=f"{SW_R}: SGD(model.parameters(), weight_decay)"),
+    dict(presets=MADDOX, field="swa_start", expected=0.0,
+         source=f"{SW_R}: with --pretrained, swag_model.collect_model(model) before the first epoch"),
+    dict(presets=MADDOX, field="swa_lr", expected=0.02, source=f"{SW_R}: --swa_lr default 0.02"),
+    dict(presets=MADDOX, field="swa_every", expected=5004 // 4,
+         source=f"{SW_R}: --swa_freq default 4: train_epoch(subset=1/4), then collect_model, 4 times an epoch"),
+    dict(presets=MADDOX, field="swag_rank", expected=20, source=f"{SEED000} note 4; {SW_R}: SWAG(max_num_models=20)"),
+    dict(presets=MADDOX, field="swag_samples", expected=30, source=f"{SEED000} note 4; {SW_E}: --num_samples 30"),
+    dict(presets=MADDOX, field="warmup_iters", expected=0, source=f"{SW_R}: schedule() has no warmup"),
+    dict(presets=MADDOX, field="label_smoothing", expected=0.0, source=f"{SW_R}: losses.cross_entropy"),
+    dict(presets=MADDOX, field="augment", expected="crop-flip", source=f"{SW_L}: RandomSizedCrop + RandomHorizontalFlip"),
+    dict(presets=MADDOX, field="image_size", expected=224, source=f"{SW_L}: RandomSizedCrop(224), CenterCrop(224)"),
     # --- seed 003, ResNet-RS (TF1 release) -------------------------------------------------
     dict(presets=RS, field="model", expected={p: p.split("-")[0] for p in RS}, source=f"{SEED003}; {RS_Y}: resnet_depth"),
     dict(presets=RS, field="batch_size", expected=4096, source=f"{RS_Y}: train_batch_size 4096"),
@@ -186,7 +213,7 @@ def _same(actual: Any, expected: Any) -> bool:
 
 def _row_id(row: dict[str, Any]) -> str:
     family = "ub-det" if row["presets"] == UB_DET else "ub-be" if row["presets"] == UB_BE else (
-        "ub" if row["presets"] == UB else "resnetrs")
+        "ub" if row["presets"] == UB else "maddox" if row["presets"] == MADDOX else "resnetrs")
     return f"{family}:{row['field']}"
 
 

@@ -185,6 +185,27 @@ FINETUNE_RESNET50 = dict(
     batch_size=32,                               # ours: T's batch 4 is for its 244-image demo; lr kept
     eval_every="1ep")                            # T: validates after every epoch
 
+# Seed 000's literature row Maddox et al. (2019), SWAG on ResNet-152, "pretrained+10 epochs", rank 20,
+# 30 samples. Sources: R = wjmaddox/swa_gaussian experiments/imagenet/run_swag_imagenet.py (commit
+# 82c96926), E = .../eval_swag_imagenet.py, L = .../data.py (docs/preset_sources.md gives each line).
+MADDOX_RESNET152_SWAG = dict(
+    data="imagenet", model="resnet152", pretrained="torchvision",  # R: torchvision.models.resnet152(pretrained=True)
+    method="swag", image_size=224,               # L: RandomSizedCrop(224); test Resize(256) + CenterCrop(224)
+    augment="crop-flip",                         # L: RandomSizedCrop + RandomHorizontalFlip
+    batch_size=256,                              # R: --batch_size 256
+    iters="10ep",                                # seed 000: pretrained + 10 epochs (R: --epochs)
+    optimizer="sgd", momentum=0.9, nesterov=False,  # R: torch.optim.SGD(momentum=0.9)
+    weight_decay=1e-4, decay_bn=True,            # R: SGD weight_decay=1e-4 on model.parameters()
+    lr=0.01,                                     # R: --lr_init 0.01 (replaced by swa_lr from the start)
+    swa_start=0.0,                               # R: with --pretrained, SWAG collects from the start
+    swa_lr=0.02,                                 # R: --swa_lr 0.02, constant once SWAG collects
+    swa_every=1281167 // 256 // 4,               # R: --swa_freq 4 collections per epoch (1251 steps)
+    swag_rank=20,                                # R: SWAG(max_num_models=20); seed 000 note 4: rank 20
+    swag_samples=30,                             # E: --num_samples 30; seed 000 note 4: 30 samples
+    schedule="cosine", warmup="0",               # R: no warmup (the cosine is never used: swa_lr from step 0)
+    label_smoothing=0.0,                         # R: losses.cross_entropy
+    eval_every="1ep")                            # R: --eval_freq 1
+
 # The default job first and the digits method presets last (`--list-presets` shows this order).
 PRESETS: dict[str, dict[str, Any]] = {"digits-resnet20": DIGITS}
 PRESETS.update(_seed001_presets())
@@ -192,6 +213,7 @@ PRESETS.update(_seed000_presets())
 PRESETS.update(_seed003_presets())
 PRESETS.update(DIGITS_METHODS)
 PRESETS["finetune-resnet50"] = FINETUNE_RESNET50
+PRESETS["maddox-imagenet-resnet152-swag"] = MADDOX_RESNET152_SWAG
 
 
 def get_preset(name: str) -> dict[str, Any]:
