@@ -161,6 +161,86 @@ def test_missing_cache_names_the_expected_file(tmp_path, monkeypatch, capsys):
     assert "model.safetensors" in err
 
 
+
+def test_missing_torchvision_file_is_downloaded_by_torch_hub(tmp_path, monkeypatch, capsys):
+    # Online: torch hub's load_state_dict_from_url (torchvision's WeightsEnum.get_state_dict) fetches
+    # the published URL into $TORCH_HOME/hub/checkpoints; here a stand-in writes the file there.
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    torch.manual_seed(3)
+    peer = torchvision.models.resnet18()
+    calls = []
+
+    def download(given_url, model_dir=None, file_name=None, check_hash=False, weights_only=False, **kwargs):
+        calls.append((given_url, Path(model_dir) / file_name, check_hash, weights_only))
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(peer.state_dict(), Path(model_dir) / file_name)
+        return peer.state_dict()
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    out = tmp_path / "run"
+    assert _train(out, "--model", "resnet18", "--pretrained", "torchvision") == 0
+    expected = home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    assert calls == [(url, expected, True, True)]
+    assert f"initialized from {expected}" in capsys.readouterr().err
+    trained = load_file(out / FINAL_WEIGHTS)
+    assert torch.equal(trained["layer2.0.conv1.weight"], peer.state_dict()["layer2.0.conv1.weight"])
+    # Now in the cache: a second run reads the file and downloads nothing.
+    assert _train(tmp_path / "again", "--model", "resnet18", "--pretrained", "torchvision") == 0
+    assert len(calls) == 1
+
+
+def test_missing_timm_file_is_downloaded_by_the_hub_into_the_hf_cache(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError  # the base of the hub's RemoteEntryNotFoundError
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    torch.manual_seed(4)
+    peer = timm.create_model("resnet18")
+    repo_id = peer.pretrained_cfg["hf_hub_id"]
+    calls = []
+
+    def download(repo, filename, cache_dir=None, **kwargs):
+        calls.append((repo, filename, Path(cache_dir)))
+        if filename == "model.safetensors":  # as a repository that only has the .bin: timm tries it next
+            raise EntryNotFoundError(f"{filename} is not in {repo}")
+        path = Path(cache_dir) / "downloaded" / filename
+        path.parent.mkdir(parents=True)
+        torch.save(peer.state_dict(), path)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    out = tmp_path / "run"
+    assert _train(out, "--model", "resnet18", "--pretrained", "timm") == 0
+    assert calls == [(repo_id, "model.safetensors", home / "hub"), (repo_id, "pytorch_model.bin", home / "hub")]
+    assert "initialized from" in capsys.readouterr().err
+    trained = load_file(out / FINAL_WEIGHTS)
+    assert torch.equal(trained["layer3.1.conv2.weight"], peer.state_dict()["layer3.1.conv2.weight"])
+
+
+def test_offline_download_failure_names_the_expected_file(tmp_path, monkeypatch, capsys):
+    # conftest's stand-ins fail as an offline machine does; huggingface_hub's own offline error too.
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    tried = []
+
+    def offline(repo, filename, **kwargs):
+        tried.append(filename)
+        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    err = _refused(tmp_path, capsys, "--model", "resnet18", "--pretrained", "torchvision")
+    assert str(tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
+    assert "downloading it from https://download.pytorch.org/models/resnet18-f37072fd.pth failed" in err
+    err = _refused(tmp_path, capsys, "--model", "resnet18", "--pretrained", "timm")
+    assert str(tmp_path / "empty_hf" / "hub" / "models--timm--resnet18.a1_in1k") in err
+    assert "LocalEntryNotFoundError" in err and tried == ["model.safetensors"]
+
 def test_unpublished_model_is_refused(tmp_path, capsys):
     err = _refused(tmp_path, capsys, "--model", "resnet20", "--pretrained", "torchvision")
     assert "neither library publishes weights for resnet20" in err

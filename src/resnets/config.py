@@ -39,7 +39,7 @@ class TrainConfig:
         help="BN running-statistics momentum, PyTorch's convention (default: the model's, 0.1)"))
     pretrained: str | None = field(default=None, metadata=dict(
         help="start a new run from weights: torchvision, timm (their ImageNet weights, from torch hub's or the "
-             "Hugging Face cache) or a .pth/.pt/.safetensors state dict (either library's, or a run's "
+             "Hugging Face cache, downloaded there by the library when missing and online) or a .pth/.pt/.safetensors state dict (either library's, or a run's "
              "model.safetensors); a head of another class count is replaced. The architecture follows the "
              "weights: resnet18..152 keep the 7x7 ImageNet stem whatever --image-size"))
     freeze: int = field(default=0, metadata=dict(

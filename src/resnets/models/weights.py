@@ -177,22 +177,65 @@ def timm_weights_file(model_name: str) -> tuple[Path | None, str, Path]:
     return None, repo_id, cache
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def download_torchvision(url: str, path: Path) -> None:
+    """torchvision's own download path (its weight enum's get_state_dict): torch hub's
+    load_state_dict_from_url into the checkpoint folder, the hash in the file name checked."""
+    torch.hub.load_state_dict_from_url(url, model_dir=str(path.parent), file_name=path.name, check_hash=True,
+                                       progress=True, weights_only=True)
+
+
+def download_timm(repo_id: str, cache: Path) -> Path | None:
+    """timm's download path (timm.models._hub.download_from_hf): huggingface_hub's hf_hub_download
+    into the Hugging Face cache, safetensors first. None where the repository has neither file."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    for filename in _TIMM_HUB_FILES:
+        try:
+            return Path(huggingface_hub.hf_hub_download(repo_id, filename, cache_dir=str(cache)))
+        except LocalEntryNotFoundError:
+            raise  # offline (or HF_HUB_OFFLINE): trying the next file cannot help
+        except EntryNotFoundError:
+            continue  # the repository has no such file: timm tries pytorch_model.bin next
+    return None
+
+
 def pretrained_file(source: str, model_name: str) -> Path:
-    """The weights file for --pretrained SOURCE: a library's cached file, or SOURCE itself."""
+    """The weights file for --pretrained SOURCE: a library's cached file (downloaded by that
+    library's own path where it is not there yet and the network is reachable), or SOURCE itself."""
     if source == "torchvision":
         path, url = torchvision_weights_file(model_name)
         if not path.is_file():
-            raise UserError(f"--pretrained torchvision: {path} is not there (offline: nothing is downloaded). "
-                            f"Expected torchvision's published file {path.name} for {model_name}: put it there "
-                            f"(from {url}, or run torchvision.models.get_model({model_name!r}, weights='DEFAULT') "
+            try:
+                download_torchvision(url, path)
+            except Exception as error:  # no network, a refused connection, a hash mismatch...
+                reason = _first_line(error)
+            else:
+                if path.is_file():
+                    return path
+                reason = "nothing was written"
+            raise UserError(f"--pretrained torchvision: {path} is not there, and downloading it from {url} failed "
+                            f"({reason}). Expected torchvision's published file {path.name} for {model_name}: put "
+                            f"it there (or run torchvision.models.get_model({model_name!r}, weights='DEFAULT') "
                             f"once online), or set TORCH_HOME to the folder whose hub/checkpoints/ holds it")
         return path
     if source == "timm":
         path, repo_id, cache = timm_weights_file(model_name)
         if path is None:
+            try:
+                path = download_timm(repo_id, cache)
+                reason = "the repository has neither file"
+            except Exception as error:  # offline, HF_HUB_OFFLINE, a refused connection...
+                reason = _first_line(error)
+            if path is not None and path.is_file():
+                return path
             folder = cache / f"models--{repo_id.replace('/', '--')}"
-            raise UserError(f"--pretrained timm: no weights of {repo_id} in the Hugging Face cache {cache} "
-                            f"(offline: nothing is downloaded). Expected {folder}/snapshots/<revision>/"
+            raise UserError(f"--pretrained timm: no weights of {repo_id} in the Hugging Face cache {cache}, and "
+                            f"downloading them failed ({reason}). Expected {folder}/snapshots/<revision>/"
                             f"{_TIMM_HUB_FILES[0]} (or {_TIMM_HUB_FILES[1]}) with refs/main naming the revision: "
                             f"run timm.create_model({model_name!r}, pretrained=True) once online, or set HF_HOME")
         return path
