@@ -236,7 +236,7 @@ def test_tinyimagenet_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr("resnets.data.sources.decode_images", must_not_decode)
+    monkeypatch.setattr("resnets.data.sources.folders.decode_images", must_not_decode)
     second = load_dataset("tinyimagenet", tmp_path)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)

@@ -19,7 +19,6 @@ sample.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -31,7 +30,8 @@ from resnets.devices import default_num_workers
 from resnets.errors import UserError
 
 from .randaugment import TFRandAugment
-from .sources import FolderSplit, Split, TensorSplit, decode_rgb
+from .sources import EncodedSplit, Split, TensorSplit
+from .sources.decode import decode_encoded_rgb
 
 # "crop" (no mirroring) is for data whose classes are not mirror-symmetric, such as digits.
 AUGMENTATIONS = ("crop-flip", "crop", "none")
@@ -265,14 +265,16 @@ def _seeded_cpu_rng(seed: int):
         torch.set_rng_state(state)
 
 
-class _FolderImages(Dataset):
-    """Decodes and transforms one (path, label) sample; items are an index or (index, seed)."""
+class _EncodedImages(Dataset):
+    """Decodes and transforms one sample of an ``EncodedSplit``; items are an index or (index, seed).
 
-    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
-        # Numpy arrays instead of a list of tuples: workers share them without copy-on-write
-        # churn from reference counts, and they pickle fast for spawned workers.
-        self.paths = np.array([os.fsencode(path) for path, _ in samples], dtype=np.bytes_)
-        self.labels = np.array([label for _, label in samples], dtype=np.int64)
+    It reads the split only through ``read_encoded``, ``describe`` and ``labels``, so image
+    folders and prepared shards go through the same decoding and augmentation.
+    """
+
+    def __init__(self, split: EncodedSplit, transform) -> None:
+        self.split = split
+        self.labels = np.asarray(split.labels, dtype=np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -280,9 +282,8 @@ class _FolderImages(Dataset):
 
     def __getitem__(self, item):
         index, sample_seed = item if isinstance(item, tuple) else (item, None)
-        path = os.fsdecode(self.paths[index])
         try:
-            image = decode_rgb(path)
+            image = decode_encoded_rgb(self.split.read_encoded(index), self.split.describe(index))
         except UserError as e:
             return _Unreadable(str(e))
         if sample_seed is None:
@@ -343,7 +344,7 @@ def _train_transform(image_size: int, augment: str, randaugment_magnitude: int |
     return v2.Compose(steps)
 
 
-def _folder_loader(dataset: _FolderImages, device: torch.device, num_workers: int | None, **batching) -> DataLoader:
+def _folder_loader(dataset: _EncodedImages, device: torch.device, num_workers: int | None, **batching) -> DataLoader:
     if num_workers is None:
         num_workers = default_num_workers()
     return DataLoader(
@@ -375,10 +376,10 @@ def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normal
 
 
 def _folder_train_batches(
-    split: FolderSplit, schedule: _Schedule, start_iteration: int, device: torch.device, normalize: _Normalize,
+    split: EncodedSplit, schedule: _Schedule, start_iteration: int, device: torch.device, normalize: _Normalize,
     image_size: int, augment: str, randaugment_magnitude: int | None, channels_last: bool, num_workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    dataset = _FolderImages(split.samples, _train_transform(image_size, augment, randaugment_magnitude))
+    dataset = _EncodedImages(split, _train_transform(image_size, augment, randaugment_magnitude))
     loader = _folder_loader(dataset, device, num_workers, batch_sampler=_TrainBatchSampler(schedule, start_iteration))
     return _device_batches(loader, device, normalize, channels_last)
 
@@ -414,7 +415,7 @@ def eval_batches(
     if isinstance(split, TensorSplit):
         return _tensor_eval_batches(split, first, last, batch_size, device, normalize, image_size, channels_last,
                                     image_hook)
-    dataset = _FolderImages(split.samples, _eval_transform(image_size))
+    dataset = _EncodedImages(split, _eval_transform(image_size))
     shard = torch.utils.data.Subset(dataset, range(first, last))
     loader = _folder_loader(shard, device, num_workers, batch_size=batch_size, shuffle=False)
     return _device_batches(loader, device, normalize, channels_last, image_hook, first)
