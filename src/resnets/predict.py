@@ -71,7 +71,7 @@ def add_arguments(parser) -> None:
     execution.add_argument("--batch-size", type=int, default=None, metavar="N",
                            help="images per forward pass (default: the run's eval_batch_size)")
     execution.add_argument("--num-workers", type=int, default=None, metavar="N",
-                           help="threads decoding images (default: the run's num_workers, else the cores, at most 8; "
+                           help="threads decoding images (default: the run's num_workers, else the cores divided among LOCAL_WORLD_SIZE processes; "
                                 "0 decodes in the main thread)")
     execution.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     execution.add_argument("--seed", type=int, default=0, help="seed of MC-dropout draws (default: 0)")

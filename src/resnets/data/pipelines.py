@@ -436,7 +436,8 @@ def eval_batches(
     Folder images are resized (shorter side to round(image_size/0.875)) and center-cropped.
     ``image_hook(images, indices)``, when given, receives each batch as uint8 N×3×S×S on the
     CPU with the samples' indices in the split and returns the images to use (e.g. corrupted
-    ones); ``num_workers`` None means one DataLoader worker per core, at most 8.
+    ones); ``num_workers`` None means ``devices.default_num_workers()``: the cores divided
+    among the machine's processes (LOCAL_WORLD_SIZE).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}.")
