@@ -105,7 +105,8 @@ def test_scaled_decode_stays_within_30_db_of_the_full_size_decode(use_simplejpeg
         box = (int(left), int(top), int(left + w), int(top + h))
         reductions.add(reduction_for(box, (size, size)))
         ours = EncodedImage(data, "china.jpg", use_simplejpeg=use_simplejpeg).crop(box, (size, size))
-        assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
+        assert ours.shape == (size, size, 3) and ours.dtype == torch.uint8
+        ours = ours.numpy()
         worst = min(worst, _psnr(ours, _full_size_crop(data, box, size)))
     assert worst >= 30, f"worst PSNR {worst:.1f} dB"
     assert max(reductions) > 1, "no box was decoded at a reduced scale"  # the test exercises the DCT scaling
@@ -120,7 +121,7 @@ def test_any_colour_mode_becomes_rgb(use_simplejpeg, mode, fmt):
     image.save(encoded, fmt)
     data = encoded.getvalue()
     box = (10, 20, 330, 290)
-    ours = EncodedImage(data, "x", use_simplejpeg=use_simplejpeg).crop(box, (64, 64), flip=True)
+    ours = EncodedImage(data, "x", use_simplejpeg=use_simplejpeg).crop(box, (64, 64), flip=True).numpy()
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR, box=box))
     assert ours.shape == (64, 64, 3)
     assert _psnr(ours, expected[:, ::-1]) >= 30
@@ -135,3 +136,18 @@ def test_damaged_jpeg_is_a_user_error_naming_it(use_simplejpeg):
         EncodedImage(data, "broken.jpg", use_simplejpeg=use_simplejpeg).crop((0, 0, 200, 200), (32, 32))
     with pytest.raises(UserError, match="garbage.jpg"):
         EncodedImage(b"not an image at all", "garbage.jpg", use_simplejpeg=use_simplejpeg).crop((0, 0, 1, 1), (8, 8))
+
+
+@pytest.mark.parametrize("use_simplejpeg", BACKENDS)
+@pytest.mark.parametrize("size,short_side", [(224, 333), (224, 500), (160, 420)])
+def test_eval_crop_stays_within_30_db_of_torchvision_resize_and_center_crop(use_simplejpeg, size, short_side):
+    from torchvision import transforms
+
+    from resnets.data.crops import center_crop_box
+
+    data = photo_jpeg(short_side)
+    image = EncodedImage(data, "china.jpg", use_simplejpeg=use_simplejpeg)
+    ours = image.crop(center_crop_box(*image.size, round(size / 0.875), size), (size, size)).numpy()
+    reference = transforms.Compose([transforms.Resize(round(size / 0.875)), transforms.CenterCrop(size)])
+    expected = np.asarray(reference(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert _psnr(ours, expected) >= 30

@@ -359,7 +359,7 @@ class _EncodedCrop:
             box = center_crop_box(width, height, round(self.image_size / EVAL_CROP_FRACTION), self.image_size)
         # Drawn like torchvision's RandomHorizontalFlip, after the crop's own draws.
         flip = self.flip and bool(torch.rand(1) < 0.5)
-        crop = torch.from_numpy(np.array(image.crop(box, (self.image_size, self.image_size), flip=flip)))
+        crop = image.crop(box, (self.image_size, self.image_size), flip=flip)
         if self.transforms:
             chw = crop.permute(2, 0, 1)
             for transform in self.transforms:
