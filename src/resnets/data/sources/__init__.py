@@ -40,7 +40,7 @@ from .common import (
 )
 from .decode import decode_images, decode_rgb
 from .downsampled import _load_downsampled
-from .folders import _load_imagenet, _load_imagenet_v2, _load_tinyimagenet
+from .folders import _load_folder, _load_imagenet, _load_imagenet_v2, _load_tinyimagenet
 
 __all__ = [
     "DATASETS", "DatasetBundle", "DatasetSpec", "EncodedSplit", "FolderSplit", "IMAGE_EXTENSIONS", "Split",
@@ -152,6 +152,11 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("imagenet-v2", _load_imagenet_v2, "ImageNet-V2 test set (evaluation only)",
                 "the numbered class folders 0..999 (e.g. imagenetv2-matched-frequency-format-val/)", None, 224,
                 _IMAGENET_STATS, ("test",)),
+    # Your own photos: ImageNet's statistics and 224 px, the convention of fine-tuning an ImageNet model
+    # (torchvision's ImageNet weights' transforms).
+    DatasetSpec("folder", _load_folder, "your own photos in torchvision's ImageFolder layout",
+                "train/<class>/*.jpg (val/<class>/ and test/<class>/ optional), or <class>/*.jpg directly", None,
+                224, _IMAGENET_STATS, _TAIL),
     DatasetSpec("synthetic", _load_synthetic, "uniform noise images (benchmarks and tests)",
                 "nothing (generated)", None, 32, (NOISE_MEAN, NOISE_STD), _TAIL, from_files=False),
 )}

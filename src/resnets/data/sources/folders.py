@@ -1,5 +1,5 @@
-"""Image folders: TinyImageNet (decoded once into a cache), ImageNet 2012 and ImageNet-V2
-(JPEG folders read per sample)."""
+"""Image folders: TinyImageNet (decoded once into a cache), ImageNet 2012, ImageNet-V2 and your
+own photos in the ImageFolder layout (``folder``), the last three read per sample."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ import torch
 
 from resnets.errors import UserError
 
-from .common import IMAGE_EXTENSIONS, DatasetBundle, FolderSplit, TensorSplit, _fixed_num_classes, _official_val_only, _Request, _tail_split, cache_dir
+from .common import IMAGE_EXTENSIONS, VAL_FRACTION, DatasetBundle, FolderSplit, TensorSplit, _fixed_num_classes, _official_val_only, _Request, _tail_split, cache_dir
 from .decode import decode_images
 
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -232,3 +232,89 @@ def _load_imagenet_v2(request: _Request) -> DatasetBundle:
         mean=request.stats[0], std=request.stats[1], train=None, val=None, test=FolderSplit(samples),
     )
 
+
+
+# ----------------------------------------------------------------------------- your own image folders
+
+_FOLDER_GUIDE = (
+    "the layout of torchvision.datasets.ImageFolder: one folder per class of JPEG/PNG images, either as "
+    "train/<class>/ (with val/<class>/ and test/<class>/ optional) or as <class>/ folders directly in --data-dir"
+)
+
+
+def _folder_split_samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    samples = _folder_samples(folder, classes, list(range(len(classes))))
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    empty = [classes[k] for k in np.flatnonzero(counts == 0)]
+    if empty:
+        raise UserError(
+            f"The class folder {folder / empty[0]} holds no images (.jpeg, .jpg, .png)"
+            + (f", nor do {len(empty) - 1} more in {folder}" if len(empty) > 1 else "")
+            + ". Put at least one image in every class folder, or remove the empty ones."
+        )
+    return samples
+
+
+def _class_balanced_order(samples: list[tuple[str, int]], num_classes: int) -> list[tuple[str, int]]:
+    """First image of every class, then every second, …: the held-out tail then has every class."""
+    per_class = [[s for s in samples if s[1] == label] for label in range(num_classes)]
+    return [files[rank] for rank in range(max(map(len, per_class))) for files in per_class if rank < len(files)]
+
+
+def _load_folder(request: _Request) -> DatasetBundle:
+    root = request.data_dir
+    has_train = (root / "train").is_dir()
+    train_root = root / "train" if has_train else root
+    classes = _class_folders(train_root)
+    if not classes:
+        loose = _list_images(train_root)
+        raise UserError(
+            f"{train_root} has no class folders"
+            + (f" (it holds {len(loose)} images directly, which carry no class)" if loose else " (it is empty)")
+            + f". --data folder expects {_FOLDER_GUIDE}."
+        )
+    if not has_train and {"val", "test"} & set(classes):
+        raise UserError(
+            f"{root} has a {'val' if 'val' in classes else 'test'}/ folder but no train/ folder: put the training "
+            f"classes in {root / 'train'}, or, for one folder split by --val-size, leave out val/ and test/."
+        )
+    num_classes = _fixed_num_classes(request, len(classes))
+    train = _folder_split_samples(train_root, classes)
+    others = {}
+    for split in ("val", "test"):
+        folder = root / split
+        if has_train and folder.is_dir():
+            split_classes = _class_folders(folder)
+            unknown = sorted(set(split_classes) - set(classes))
+            if unknown:
+                raise UserError(
+                    f"{folder} has class folders that {train_root} lacks: {', '.join(unknown[:5])}"
+                    f"{' …' if len(unknown) > 5 else ''}. A class's index is its position in the sorted training "
+                    f"class folders, so every {split} class must also be a training class."
+                )
+            labels = [classes.index(name) for name in split_classes]
+            samples = _folder_samples(folder, split_classes, labels)
+            if not samples:
+                raise UserError(f"{folder} holds no images (.jpeg, .jpg, .png) in its class folders; remove it or fill it.")
+            others[split] = FolderSplit(samples)
+    if "val" in others:
+        if request.val_size:
+            raise UserError(
+                f"--val-size {request.val_size} does not apply: {root / 'val'} is the validation set. Leave "
+                f"--val-size out (or 0 to skip validation), or remove val/ to hold out part of train/ instead."
+            )
+        val = others["val"] if request.val_size is None else None
+    else:
+        ordered = _class_balanced_order(train, num_classes)
+        n_val = round(len(ordered) * VAL_FRACTION) if request.val_size is None else request.val_size
+        if n_val >= len(ordered):
+            raise UserError(
+                f"--val-size {n_val} leaves no training images: {train_root} has {len(ordered)} images. "
+                f"Choose a smaller --val-size (0 trains on all of them)."
+            )
+        train, val = ordered[: len(ordered) - n_val], (FolderSplit(ordered[len(ordered) - n_val :]) if n_val else None)
+    return DatasetBundle(
+        name=request.name, num_classes=num_classes, image_size=request.image_size or 224,
+        mean=request.stats[0], std=request.stats[1], train=FolderSplit(train), val=val, test=others.get("test"),
+        class_names=classes,
+    )
