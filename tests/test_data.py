@@ -370,7 +370,7 @@ def test_unknown_dataset_and_missing_data_dir(tmp_path):
         load_dataset("cifar10")
     with pytest.raises(UserError, match="not a folder"):
         load_dataset("imagenet", tmp_path / "nowhere")
-    assert tuple(DATASETS) == ("digits", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "imagenet64", "npy", "imagenet", "imagenet-v2", "synthetic")
+    assert tuple(DATASETS) == ("digits", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "imagenet64", "npy", "imagenet", "imagenet-v2", "folder", "synthetic")
 
 
 # ----------------------------------------------------------------------------- pipelines: tensor data

@@ -18,8 +18,8 @@ device); ImageNet-size photos become ``FolderSplit`` (decoded per sample by Data
 workers) through the ``EncodedSplit`` interface.
 
 One module per format family, behind the one registry below (``DATASETS``): ``cifar``,
-``downsampled`` (ImageNet32/64), ``folders`` (TinyImageNet, ImageNet, ImageNet-V2, image
-folders), ``arrays`` (npy, digits, synthetic); ``common`` holds the shared types and helpers and
+``downsampled`` (ImageNet32/64), ``folders`` (TinyImageNet, ImageNet, ImageNet-V2, and ``folder``:
+your own ImageFolder-layout photos), ``arrays`` (npy, digits, synthetic); ``common`` holds the shared types and helpers and
 ``decode`` the image decoding.
 """
 from __future__ import annotations
