@@ -7,6 +7,7 @@ the test states TF's formula instead.
 """
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -308,6 +309,8 @@ def test_preset_transform_rotates_by_the_published_range(preset, degrees):
 def test_preset_transform_runs_on_a_decoded_image():
     cfg = TrainConfig.from_dict(get_preset("resnetrs50-i160"))
     transform = _train_transform(cfg.image_size, cfg.augment, cfg.randaugment_magnitude)
+    encoded = io.BytesIO()
+    Image.fromarray(smooth_image(200, 240).permute(1, 2, 0).numpy()).save(encoded, "JPEG", quality=90)
     torch.manual_seed(0)
-    out = transform(smooth_image(200, 240))
-    assert out.shape == (3, 160, 160) and out.dtype == torch.uint8
+    out = transform(encoded.getvalue(), "smooth.jpg")
+    assert out.shape == (160, 160, 3) and out.dtype == torch.uint8

@@ -66,7 +66,7 @@ class TrainConfig:
     augment: str = field(default="crop-flip", metadata=dict(help="crop-flip, crop (no mirroring) or none"))
     randaugment_magnitude: int | None = field(default=None, metadata=dict(help="RandAugment magnitude (2 layers)"))
     num_workers: int | None = field(default=None, metadata=dict(
-        help="DataLoader workers per process for JPEG datasets (default: the cores, at most 8)"))
+        help="DataLoader workers per process for JPEG datasets (default: the cores divided among the processes on the machine, LOCAL_WORLD_SIZE)"))
 
     # Optimization.
     iters: str = field(default="48k", metadata=dict(help="training length: 48000, 48k, 90ep"))

@@ -44,10 +44,6 @@ def resolve_precision(name: str, device: torch.device, preferred: str | None = N
     return name
 
 
-# DataLoader workers per process for decoded (JPEG) datasets when none are asked for.
-MAX_DEFAULT_WORKERS = 8
-
-
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -61,14 +57,23 @@ class Runtime:
 
 
 def default_num_workers() -> int:
-    return min(MAX_DEFAULT_WORKERS, cpu_cores())
+    """DataLoader workers per process for decoded (JPEG) datasets when none are asked for: the
+    machine's cores shared among the processes torchrun starts on it (LOCAL_WORLD_SIZE), at least 1."""
+    local_processes = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        local_processes = max(1, int(local_processes))
+    except ValueError:
+        raise UserError(f"LOCAL_WORLD_SIZE={local_processes!r} is not a number of processes; torchrun sets it "
+                        f"to the processes per machine.") from None
+    return max(1, cpu_cores() // local_processes)
 
 
 def resolve_runtime(device: str | torch.device | None = "auto", precision: str = "auto",
                     channels_last: bool | None = None, num_workers: int | None = None,
                     preferred_precision: str | None = None) -> Runtime:
     """The defaults of every command: CUDA when there is a GPU, bf16 and channels_last there,
-    fp32 and contiguous on the CPU, and one loader worker per core (at most 8)."""
+    fp32 and contiguous on the CPU, and the machine's cores shared among its processes as loader
+    workers (`default_num_workers`)."""
     resolved = resolve_device(device)
     if num_workers is not None and num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {num_workers}.")

@@ -26,7 +26,7 @@ import torch
 
 from . import runs as run_files
 from .data import dataset_spec
-from .data.pipelines import EVAL_CROP_FRACTION, _eval_transform
+from .data.pipelines import EVAL_CROP_FRACTION, eval_image_transform
 from .data.sources import IMAGE_EXTENSIONS, TensorSplit, decode_rgb, resize_images
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
@@ -71,7 +71,7 @@ def add_arguments(parser) -> None:
     execution.add_argument("--batch-size", type=int, default=None, metavar="N",
                            help="images per forward pass (default: the run's eval_batch_size)")
     execution.add_argument("--num-workers", type=int, default=None, metavar="N",
-                           help="threads decoding images (default: the run's num_workers, else the cores, at most 8; "
+                           help="threads decoding images (default: the run's num_workers, else the cores divided among LOCAL_WORLD_SIZE processes; "
                                 "0 decodes in the main thread)")
     execution.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     execution.add_argument("--seed", type=int, default=0, help="seed of MC-dropout draws (default: 0)")
@@ -224,11 +224,12 @@ def decoded_per_sample(data: str) -> bool:
     return spec.image_size is not None and spec.image_size > 64
 
 
-def model_input_transform(data: str, image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 3×H×W RGB → uint8 3×S×S as the run's dataset brings images to its image size S.
+def model_input_transform(data: str, image_size: int) -> Callable[[Path], torch.Tensor]:
+    """An image file → uint8 3×S×S RGB as the run's dataset brings images to its image size S.
 
-    Photo-folder datasets (ImageNet): `resnets eval`'s own transform, the shorter side resized to
-    round(S / 0.875) then the center S×S crop.
+    Photo-folder datasets (ImageNet): `resnets eval`'s own decode and crop
+    (`data.pipelines.eval_image_transform`), the shorter side resized to round(S / 0.875) then
+    the center S×S crop.
 
     Datasets held as tensors (CIFAR, digits, TinyImageNet, downsampled ImageNet, npy, synthetic):
     their loaders resize every square image to S×S with `resize_images` (bilinear, antialiased;
@@ -239,11 +240,12 @@ def model_input_transform(data: str, image_size: int) -> Callable[[torch.Tensor]
     squashing the picture (the crop keeps the middle, as the photo datasets' center crop does).
     """
     if decoded_per_sample(data):
-        return _eval_transform(image_size)
+        return eval_image_transform(image_size)
 
-    def to_size(image: torch.Tensor) -> torch.Tensor:
+    def to_size(path: Path) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
+        image = decode_rgb(path)
         height, width = image.shape[-2:]
         if height != width:
             side = min(height, width)
@@ -275,12 +277,12 @@ class _Decoded:
 
 def _load(path: Path, transform) -> _Decoded:
     try:
-        image = decode_rgb(path)
+        image = transform(path)
     except UserError as error:
-        # decode_rgb's message is written for dataset files; the decoder's own reason is its context.
+        # The decoder's message is written for dataset files; the decoder's own reason is its context.
         cause = error.__context__
         return _Decoded(path, None, f"{type(cause).__name__}: {cause}" if cause is not None else str(error))
-    return _Decoded(path, transform(image))
+    return _Decoded(path, image)
 
 
 def _decoded_windows(paths: list[Path], load: Callable[[Path], _Decoded], window: int,

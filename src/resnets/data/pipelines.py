@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from resnets.devices import default_num_workers
 from resnets.errors import UserError
 
+from .crops import EncodedImage, center_crop_box, random_resized_crop_box
 from .randaugment import TFRandAugment
-from .sources import FolderSplit, Split, TensorSplit, decode_rgb
+from .sources import EncodedSplit, Split, TensorSplit
 
 # "crop" (no mirroring) is for data whose classes are not mirror-symmetric, such as digits.
 AUGMENTATIONS = ("crop-flip", "crop", "none")
@@ -113,6 +114,8 @@ class _Normalize:
         x.mul_(self.scale).add_(self.shift)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # no copy when already NHWC
+        else:
+            x = x.contiguous()  # folder batches arrive NHWC
         return x
 
 
@@ -265,14 +268,16 @@ def _seeded_cpu_rng(seed: int):
         torch.set_rng_state(state)
 
 
-class _FolderImages(Dataset):
-    """Decodes and transforms one (path, label) sample; items are an index or (index, seed)."""
+class _EncodedImages(Dataset):
+    """Decodes and crops one sample of an ``EncodedSplit`` to uint8 S×S×3; items are an index or (index, seed).
 
-    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
-        # Numpy arrays instead of a list of tuples: workers share them without copy-on-write
-        # churn from reference counts, and they pickle fast for spawned workers.
-        self.paths = np.array([os.fsencode(path) for path, _ in samples], dtype=np.bytes_)
-        self.labels = np.array([label for _, label in samples], dtype=np.int64)
+    It reads the split only through ``read_encoded``, ``describe`` and ``labels``, so image
+    folders and prepared shards go through the same decoding and augmentation.
+    """
+
+    def __init__(self, split: EncodedSplit, transform) -> None:
+        self.split = split
+        self.labels = np.asarray(split.labels, dtype=np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -280,16 +285,15 @@ class _FolderImages(Dataset):
 
     def __getitem__(self, item):
         index, sample_seed = item if isinstance(item, tuple) else (item, None)
-        path = os.fsdecode(self.paths[index])
         try:
-            image = decode_rgb(path)
+            data, name = self.split.read_encoded(index), self.split.describe(index)
+            if sample_seed is None:
+                image = self.transform(data, name)
+            else:
+                with _seeded_cpu_rng(sample_seed):
+                    image = self.transform(data, name)
         except UserError as e:
             return _Unreadable(str(e))
-        if sample_seed is None:
-            image = self.transform(image)
-        else:
-            with _seeded_cpu_rng(sample_seed):
-                image = self.transform(image)
         return image, int(self.labels[index])
 
 
@@ -320,30 +324,59 @@ class _TrainBatchSampler:
             iteration += 1
 
 
-def _eval_transform(image_size: int):
-    from torchvision.transforms import v2
+def eval_image_transform(image_size: int) -> Callable[[str | os.PathLike], torch.Tensor]:
+    """An image file → uint8 3×S×S exactly as ``eval_batches`` crops folder images (``resnets predict``)."""
+    crop = _EncodedCrop(image_size, random_crop=False, flip=False)
 
-    return v2.Compose([
-        v2.Resize(round(image_size / EVAL_CROP_FRACTION), antialias=True),
-        v2.CenterCrop(image_size),
-    ])
+    def load(path: str | os.PathLike) -> torch.Tensor:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"Could not read image {path} ({e.strerror or e}).") from e
+        return crop(data, str(path)).permute(2, 0, 1).contiguous()
+
+    return load
 
 
-def _train_transform(image_size: int, augment: str, randaugment_magnitude: int | None):
-    from torchvision.transforms import v2
+class _EncodedCrop:
+    """Encoded bytes → uint8 S×S×3 tensor: RandomResizedCrop (+ flip) or the evaluation crop.
 
+    Decodes only as finely as the crop needs (see ``crops``). ``transforms`` are tensor
+    transforms applied to the 3×S×S crop afterwards (RandAugment).
+    """
+
+    def __init__(self, image_size: int, random_crop: bool, flip: bool, transforms: Sequence = ()) -> None:
+        self.image_size, self.random_crop, self.flip = image_size, random_crop, flip
+        self.transforms = list(transforms)
+
+    def __call__(self, data: bytes, name: str) -> torch.Tensor:
+        image = EncodedImage(data, name)
+        width, height = image.size
+        if self.random_crop:
+            box = random_resized_crop_box(width, height)
+        else:
+            box = center_crop_box(width, height, round(self.image_size / EVAL_CROP_FRACTION), self.image_size)
+        # Drawn like torchvision's RandomHorizontalFlip, after the crop's own draws.
+        flip = self.flip and bool(torch.rand(1) < 0.5)
+        crop = image.crop(box, (self.image_size, self.image_size), flip=flip)
+        if self.transforms:
+            chw = crop.permute(2, 0, 1)
+            for transform in self.transforms:
+                chw = transform(chw)
+            crop = chw.permute(1, 2, 0)
+        return crop
+
+
+def _train_transform(image_size: int, augment: str, randaugment_magnitude: int | None) -> _EncodedCrop:
     if augment == "none":
-        return _eval_transform(image_size)
-    steps = [v2.RandomResizedCrop(image_size, antialias=True)]
-    if augment == "crop-flip":
-        steps.append(v2.RandomHorizontalFlip())
-    if randaugment_magnitude is not None:
-        # TF's ops and 0-10 magnitude scale, as the ResNet-RS configs give it.
-        steps.append(TFRandAugment(num_ops=2, magnitude=randaugment_magnitude))
-    return v2.Compose(steps)
+        return _EncodedCrop(image_size, random_crop=False, flip=False)
+    # TF's ops and 0-10 magnitude scale, as the ResNet-RS configs give it.
+    extra = [] if randaugment_magnitude is None else [TFRandAugment(num_ops=2, magnitude=randaugment_magnitude)]
+    return _EncodedCrop(image_size, random_crop=True, flip=augment == "crop-flip", transforms=extra)
 
 
-def _folder_loader(dataset: _FolderImages, device: torch.device, num_workers: int | None, **batching) -> DataLoader:
+def _folder_loader(dataset: _EncodedImages, device: torch.device, num_workers: int | None, **batching) -> DataLoader:
     if num_workers is None:
         num_workers = default_num_workers()
     return DataLoader(
@@ -365,8 +398,9 @@ def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normal
         if isinstance(batch, _Unreadable):
             raise UserError(batch.message)
         images, labels = batch
+        images = images.permute(0, 3, 1, 2)  # workers send N×S×S×3: a channels_last N×3×S×S view
         if image_hook is not None:
-            images = image_hook(images, range(index, index + len(labels)))
+            images = image_hook(images.contiguous(), range(index, index + len(labels)))
         index += len(labels)
         yield (
             normalize(images.to(device, non_blocking=True), channels_last),
@@ -375,10 +409,10 @@ def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normal
 
 
 def _folder_train_batches(
-    split: FolderSplit, schedule: _Schedule, start_iteration: int, device: torch.device, normalize: _Normalize,
+    split: EncodedSplit, schedule: _Schedule, start_iteration: int, device: torch.device, normalize: _Normalize,
     image_size: int, augment: str, randaugment_magnitude: int | None, channels_last: bool, num_workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    dataset = _FolderImages(split.samples, _train_transform(image_size, augment, randaugment_magnitude))
+    dataset = _EncodedImages(split, _train_transform(image_size, augment, randaugment_magnitude))
     loader = _folder_loader(dataset, device, num_workers, batch_sampler=_TrainBatchSampler(schedule, start_iteration))
     return _device_batches(loader, device, normalize, channels_last)
 
@@ -402,7 +436,8 @@ def eval_batches(
     Folder images are resized (shorter side to round(image_size/0.875)) and center-cropped.
     ``image_hook(images, indices)``, when given, receives each batch as uint8 N×3×S×S on the
     CPU with the samples' indices in the split and returns the images to use (e.g. corrupted
-    ones); ``num_workers`` None means one DataLoader worker per core, at most 8.
+    ones); ``num_workers`` None means ``devices.default_num_workers()``: the cores divided
+    among the machine's processes (LOCAL_WORLD_SIZE).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}.")
@@ -414,7 +449,7 @@ def eval_batches(
     if isinstance(split, TensorSplit):
         return _tensor_eval_batches(split, first, last, batch_size, device, normalize, image_size, channels_last,
                                     image_hook)
-    dataset = _FolderImages(split.samples, _eval_transform(image_size))
+    dataset = _EncodedImages(split, _EncodedCrop(image_size, random_crop=False, flip=False))
     shard = torch.utils.data.Subset(dataset, range(first, last))
     loader = _folder_loader(shard, device, num_workers, batch_size=batch_size, shuffle=False)
     return _device_batches(loader, device, normalize, channels_last, image_hook, first)
