@@ -14,9 +14,9 @@ label, is exactly the NLL of the MC-averaged softmax that UB trains with (its lo
 cross-entropy from logits on the same output), so no loss hook is needed; softmax of them gives
 back the averaged probabilities for `predict`.
 
-In eval mode the noise comes from a generator seeded with 0 on each forward, so `resnets eval`
-and predict give the same probabilities for the same image every time. `resnets export` traces
-the deterministic mean head softmax(mu / temperature) instead (see `export_rule`).
+The noise comes from torch's global generator, which training seeds (and checkpoints) and
+`resnets eval --seed` seeds, as for MC dropout. `resnets export` traces the deterministic mean
+head softmax(mu / temperature) instead (see `export_rule`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from .base import Method, Prediction
 MIN_SCALE = 1e-3
 # UB models/resnet50_heteroscedastic.py: eps=1e-5, the floor of the averaged probabilities.
 PROB_FLOOR = 1e-5
-EVAL_NOISE_SEED = 0
 
 
 class HeteroscedasticHead(nn.Module):
@@ -51,11 +50,8 @@ class HeteroscedasticHead(nn.Module):
 
     def noise(self, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard-normal draws S × num_factors and S × classes, shared by the batch."""
-        gen = None
-        if not self.training:
-            gen = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
-        eps_r = torch.randn(samples, self.num_factors, generator=gen, device=x.device)
-        eps_k = torch.randn(samples, self.num_classes, generator=gen, device=x.device)
+        eps_r = torch.randn(samples, self.num_factors, device=x.device)
+        eps_k = torch.randn(samples, self.num_classes, device=x.device)
         return eps_r, eps_k
 
     def sample_logits(self, x: torch.Tensor, eps_r: torch.Tensor, eps_k: torch.Tensor) -> torch.Tensor:
