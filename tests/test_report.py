@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnets import report
+from resnets import report, report_command
 from resnets import runs as run_files
 from resnets.config import TrainConfig
 from resnets.errors import UserError
@@ -187,8 +187,8 @@ def test_missing_folder_and_empty_folder(tmp_path: Path):
 
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    return report.run(parser.parse_args(list(argv)))
+    report_command.add_arguments(parser)
+    return report_command.run(parser.parse_args(list(argv)))
 
 
 def test_cli_writes_report_and_plots(sweep: Path, tmp_path: Path):

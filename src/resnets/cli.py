@@ -1,7 +1,7 @@
 """The `resnets` command: one subcommand per job.
 
 `train` takes one flag per TrainConfig field (config.py), read by train.py under the same
-name; `eval`, `bench` and `report` define their flags in the module that reads them.
+name; `eval` and `bench` define their flags in the module that reads them, `report` in report_command.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import typing
 import yaml
 from pathlib import Path
 
-from . import bench, evaluate, export, predict, report
+from . import bench, evaluate, export, predict, report_command
 from .config import TrainConfig, describe_duration, field_type, load_config_file
 from .data import DATASETS
 from .errors import UserError
@@ -141,8 +141,8 @@ exit status: 0 finished (or already finished), {STOPPED_EXIT_STATUS} stopped by 
     bench.add_arguments(benchmark)
     benchmark.set_defaults(func=bench.run)
     reporting = sub.add_parser("report", help="regenerate the seed tables from finished runs")
-    report.add_arguments(reporting)
-    reporting.set_defaults(func=report.run)
+    report_command.add_arguments(reporting)
+    reporting.set_defaults(func=report_command.run)
     predicting = sub.add_parser("predict", help="predict image files or folders with finished runs (top-k classes "
                                 "and uncertainty per image)")
     predict.add_arguments(predicting)

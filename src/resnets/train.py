@@ -2,7 +2,9 @@
 
 Reading order: `train` sets up (data, schedule, run directory, model, optimizer, resume),
 `_Trainer.run` is the loop, `_Trainer.evaluate` the periodic evaluation, and `_finish` the
-final evaluation and results.json.
+final evaluation and results.json. The loop decides when to checkpoint and what to log; what a
+checkpoint holds and how it is written and read back is checkpointer.py's `Checkpointer`, and
+where the log goes (metrics.jsonl, train_metrics.jsonl, train.log, TensorBoard) run_log.py's `RunLog`.
 
 Preemption: SIGTERM, SIGINT or SIGUSR1 make the loop stop at the end of the current step,
 write a checkpoint and raise `TrainingStopped` (the CLI exits with `STOPPED_EXIT_STATUS`, 75);
@@ -25,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import runs
-from .checkpoint import export_weights, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import export_weights, save_checkpoint
+from .checkpointer import Checkpointer, TrainingParts
 from .config import (EXECUTION_FIELDS, CheckpointInterval, Schedule, TrainConfig, parse_checkpoint_every,
                      resolve_schedule)
 from .data import DatasetBundle, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
@@ -51,11 +53,10 @@ from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
 from .prediction import Restartable, predict_dataset
 from .recipe import build_optimizer, build_run_model, parameter_groups
+from .run_log import RunLog
 
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
-# Evaluation entries that TensorBoard gets from the dense training points instead.
-_DENSE_KEYS = ("trn/loss", "trn/acc", "lr")
 
 # The exit status of a run stopped by a signal after writing its checkpoint: EX_TEMPFAIL
 # (sysexits.h), "try again later": rerun the same command or --resume to continue. A second
@@ -187,13 +188,18 @@ class _Trainer:
         # (on the device), and the loss sum, correct and count since the last evaluation.
         self._sums = torch.zeros(4, device=device, dtype=torch.float64)
         self._window = [0.0, 0.0, 0.0]
-        self._saved_at: int | None = None  # the iteration of the newest checkpoint written or resumed from
-        self._rotate = True  # whether last.pt is a good checkpoint, kept as previous.pt by the next write
+        # The writer is looked up here, so that it can be replaced in this module (tests record saves).
+        self.checkpoints = Checkpointer(cfg, run_dir, env, device,
+                                        TrainingParts(self.model, self.optimizer, self.scaler, self.method, self.ema),
+                                        resume_command, write=save_checkpoint)
         self._last_save = _clock()
         self._window_start = self._interval_start = self._wall_start = time.perf_counter()
-        resumed = resume is not None
-        if resumed:
-            self._load(resume)
+        restored = self.checkpoints.restore(resume) if resume is not None else None
+        if restored is not None:
+            self.progress = _Progress(**restored.progress)
+            if restored.sums is not None:
+                self._sums.copy_(restored.sums)
+            self._window = restored.window
 
         step_model: nn.Module = self.model
         if env.enabled:
@@ -202,97 +208,23 @@ class _Trainer:
             step_model = torch.compile(step_model)
         self.step_model = step_model
 
-        self.writer = None
-        if env.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            # purge_step drops events a killed run wrote after its checkpoint (those at the
-            # checkpoint's own step were written before it, so they stay).
-            self.writer = SummaryWriter(str(run_dir / runs.TENSORBOARD_DIR), purge_step=self.progress.iteration + 1
-                                        if resumed else None)
-            remove_stale_temporaries((run_dir / runs.LAST_CHECKPOINT).parent)
-            if resumed:
-                runs.truncate_logs(run_dir, self.progress.iteration)
-                skipped = resume.skipped if isinstance(resume, runs.FoundCheckpoint) else []
-                notes = [f"{problem}; continuing from {self._resumed_from}, nothing lost beyond it"
-                         for problem in skipped]
-                notes.append(f"resuming {run_dir} at iteration {self.progress.iteration}/{schedule.total_iters} "
-                             f"from {self._resumed_from}")
-                for note in notes:
-                    print(f"resnets train: {note}", file=sys.stderr, flush=True)
-                    runs.append_log(run_dir, f"# [{_stamp()}] {note}")
+        self.run_log = RunLog.open(run_dir, env, self.progress.iteration if restored is not None else None)
+        self.checkpoints.remove_stale_temporaries()
+        if env.is_main and restored is not None:
+            notes = [f"{problem}; continuing from {restored.path}, nothing lost beyond it"
+                     for problem in restored.skipped]
+            notes.append(f"resuming {run_dir} at iteration {self.progress.iteration}/{schedule.total_iters} "
+                         f"from {restored.path}")
+            for note in notes:
+                print(f"resnets train: {note}", file=sys.stderr, flush=True)
+                self.run_log.note(note)
 
-    # --- state -------------------------------------------------------------------------------
-
-    def _state(self, sums: torch.Tensor | None = None) -> dict[str, Any]:
-        if sums is None:
-            sums = torch.zeros(self.env.world_size, 4, dtype=torch.float64)
-        state = dict(
-            config=self.cfg.to_dict(), iteration=self.progress.iteration, progress=self.progress.__dict__,
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            scaler=self.scaler.state_dict(), method=self.method.state_dict(),
-            world_size=self.env.world_size, cpu_rng=torch.get_rng_state(),
-            # Every process's sums since the last log point (one row per rank) and the window since
-            # the last evaluation: a resume between two of them logs what an uninterrupted run does.
-            loop=dict(sums=sums, window=list(self._window)),
-        )
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _load(self, resume: runs.FoundCheckpoint | Path) -> None:
-        if isinstance(resume, runs.FoundCheckpoint):
-            path, state = resume.path, resume.state
-        else:
-            path = Path(resume)
-            state = load_checkpoint(path)
-        if state.get("world_size", 1) != self.env.world_size and not self.cfg.allow_world_size_change:
-            raise UserError(f"{path} was written by {state.get('world_size', 1)} process(es) and this resume runs "
-                            f"{self.env.world_size}: resume with the same --nproc-per-node x --nnodes, since the "
-                            "per-process batches and BN statistics depend on it (or accept a different result with "
-                            "--allow-world-size-change)")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise UserError(f"{path} does not match this run's model and optimizer ({str(error).splitlines()[0]}): "
-                            "expected a checkpoint of the same config") from None
-        self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state["method"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["cpu_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.progress = _Progress(**state["progress"])
-        loop = state.get("loop")  # absent in checkpoints written only at evaluations: all zero there
-        if isinstance(loop, dict):
-            rows = loop.get("sums")
-            if torch.is_tensor(rows) and rows.dim() == 2 and rows.shape[1] == 4:
-                if rows.shape[0] == self.env.world_size:
-                    self._sums.copy_(rows[self.env.rank])
-                elif self.env.is_main:  # another process count (--allow-world-size-change): rank 0 carries all
-                    combined = rows.sum(0)
-                    combined[3] = rows[0, 3]  # skipped steps are the same on every process
-                    self._sums.copy_(combined)
-            self._window = [float(v) for v in loop.get("window", self._window)]
-        self._saved_at = self.progress.iteration
-        # A resume from previous.pt leaves the damaged last.pt to be overwritten, not kept.
-        self._rotate = path.name == Path(runs.LAST_CHECKPOINT).name
-        self._resumed_from = path
+    # --- checkpoints -------------------------------------------------------------------------
 
     def save(self, sums: torch.Tensor | None = None) -> None:
         """Write the checkpoint (main process only; see `checkpoint` for the one every process calls)."""
-        if not self.env.is_main:
-            return
-        last = self.run_dir / runs.LAST_CHECKPOINT
-        try:
-            save_checkpoint(last, self._state(sums), previous=self.run_dir / runs.PREVIOUS_CHECKPOINT
-                            if self._rotate else None)
-        except OSError as error:
-            raise self._write_error(last, error) from None
-        self._rotate = True
+        if self.env.is_main:
+            self.checkpoints.save(self.progress.iteration, self.progress.__dict__, sums, self._window)
 
     def checkpoint(self, count_time: bool = True) -> None:
         """Every process, at the same iteration: gather the running sums and write the checkpoint.
@@ -310,7 +242,7 @@ class _Trainer:
             self.progress.wall_seconds += now - self._wall_start
             self._window_start = self._wall_start = now
         self.save(rows)
-        self._saved_at = iteration
+        self.checkpoints.saved_at = iteration
         self._last_save = _clock()
         if count_time:
             self._window_start = time.perf_counter()  # the write is not training time
@@ -322,15 +254,6 @@ class _Trainer:
         rows = [torch.empty_like(self._sums) for _ in range(self.env.world_size)]
         dist.all_gather(rows, self._sums)
         return torch.stack(rows).cpu()
-
-    def _write_error(self, path: Path, error: OSError) -> UserError:
-        reason = error.strerror or str(error)
-        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            reason += " (the disk or quota is full)"
-        kept = (f"the newest intact checkpoint, at iteration {self._saved_at}, is kept in {path.parent}"
-                if self._saved_at is not None else "no checkpoint had been written before")
-        return UserError(f"cannot write checkpoint {path} at iteration {self.progress.iteration}: {reason}. Nothing "
-                         f"was replaced: {kept}. Free space, then continue with `{self.resume_command}`")
 
     @property
     def eval_model(self) -> nn.Module:
@@ -364,26 +287,6 @@ class _Trainer:
             if self.data.test is not None:
                 results.update(self.evaluate_split(self.data.test, "tst"))
         return results
-
-    def log_train_point(self, point: dict[str, float]) -> None:
-        """A dense training point (every --log-every iterations) to train_metrics.jsonl and TensorBoard."""
-        if not self.env.is_main:
-            return
-        it = self.progress.iteration
-        runs.append_train_metrics(self.run_dir, it, point)
-        for key, value in point.items():
-            self.writer.add_scalar(key, value, it)
-
-    def log(self, results: dict[str, float]) -> None:
-        if not self.env.is_main:
-            return
-        it, total = self.progress.iteration, self.schedule.total_iters
-        runs.append_metrics(self.run_dir, it, results)
-        runs.append_log(self.run_dir, runs.log_line(it, total, results))
-        for key, value in results.items():
-            if key not in _DENSE_KEYS:  # those are drawn from the dense training points
-                self.writer.add_scalar(key, value, it)
-        self.writer.flush()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -475,7 +378,7 @@ class _Trainer:
         if at_log:
             point = {"trn/loss": loss_sum / max(count, 1), "trn/acc": correct / max(count, 1), "lr": lr,
                      "img_per_sec": count / max(now - self._interval_start, 1e-9), "nan_grad_steps": int(skipped)}
-            self.log_train_point(point)
+            self.run_log.train_point(done, point)
             if bar is not None:
                 bar.set_postfix(loss=f"{point['trn/loss']:.4f}", lr=f"{lr:.4g}")
         self._interval_start = now
@@ -495,7 +398,7 @@ class _Trainer:
         self.progress.wall_seconds += time.perf_counter() - self._wall_start
         self._wall_start = time.perf_counter()
         # Log first, checkpoint second: a resume truncates entries past its checkpoint.
-        self.log(results)
+        self.run_log.evaluation(done, self.schedule.total_iters, results)
         self.checkpoint(count_time=False)
         barrier(self.env)
         self._window_start = self._interval_start = time.perf_counter()
@@ -513,7 +416,7 @@ class _Trainer:
         stop = stop and done < self.schedule.total_iters  # at the end, finishing is the quicker way out
         if self.interval.iterations and done % self.interval.iterations == 0:
             due = True
-        if (stop or due) and self._saved_at != done:
+        if (stop or due) and self.checkpoints.saved_at != done:
             self.checkpoint()
         vote.cast(done, local)
         return stop
@@ -526,10 +429,9 @@ class _Trainer:
         message = (f"stopped by {name} at iteration {it}/{total}: its checkpoint is {last}. Continue with "
                    f"`{self.resume_command}` (exit status {STOPPED_EXIT_STATUS})")
         if self.env.is_main:
-            runs.append_log(self.run_dir, f"# [{_stamp()}] {message}")
+            self.run_log.note(message)
             print(f"resnets train: {message}", file=sys.stderr, flush=True)
-            if self.writer is not None:
-                self.writer.close()
+            self.run_log.close()
         barrier(self.env)
         raise TrainingStopped(message, signal_name=name, iteration=it, checkpoint=last,
                               resume_command=self.resume_command)
@@ -567,10 +469,6 @@ class _Trainer:
             if it <= end_iter - THROUGHPUT_WINDOW:
                 start_iter, start_time = it, seconds
         return 60.0 * (end_iter - start_iter) / max(end_time - start_time, 1e-9)
-
-
-def _stamp() -> str:
-    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,11 +640,11 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
             val_size=len(data.val) if data.val is not None else 0,
             test_size=len(data.test) if data.test is not None else 0, params=trainer.params,
             class_names=data.class_names))
-        runs.append_log(run_dir, f"# resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
-                        f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {runtime.precision}, "
-                        f"{device_description(runtime.device, env.world_size)}")
+        trainer.run_log.note(f"resnets train: {cfg.model} on {cfg.data} ({len(data.train)} train images), "
+                             f"{schedule.total_iters} iterations, batch {cfg.batch_size}, {runtime.precision}, "
+                             f"{device_description(runtime.device, env.world_size)}", stamped=False)
         for note in trainer.notes:
-            runs.append_log(run_dir, f"# {note}")
+            trainer.run_log.note(note, stamped=False)
     try:
         trainer.run()
         return _finish(trainer)
@@ -804,8 +702,7 @@ def _finish(trainer: _Trainer) -> runs.RunResults | None:
         model=cfg.model, width=cfg.width, data=cfg.data, image_size=data.image_size,
         batch_size=cfg.batch_size, seed=cfg.seed, preset=cfg.preset, run_dir=str(trainer.run_dir))
     runs.write_results(trainer.run_dir, results)
-    if trainer.writer is not None:
-        trainer.writer.close()
+    trainer.run_log.close()
     return results
 
 
