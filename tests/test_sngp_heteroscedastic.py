@@ -362,3 +362,51 @@ def test_predict_runs_on_an_image_folder(runs, tmp_path, kind, capsys):
         Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
     assert main(["predict", str(runs[kind]), str(folder)]) == 0
     assert "0.png" in capsys.readouterr().out
+
+
+# -- exact resume: the GP precision and the MC noise carry on across a stop --------------------
+
+# 10 steps of batch 256 over 1257 digits: epochs of 4 steps start at iterations 0, 4 and 8.
+RESUME = ["--image-size", 16, "--batch-size", 256, "--eval-batch-size", 512, "--iters", 10, "--eval-every", 5,
+          "--no-progress"]
+RESUME_METHODS = {"sngp": ["--gp-hidden-dim", 32],
+                  "heteroscedastic": ["--het-num-factors", 2, "--het-mc-samples", 20]}
+
+
+@pytest.mark.parametrize("method", RESUME_METHODS)
+def test_stop_and_resume_ends_bit_identical(tmp_path, monkeypatch, method):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from resnets import train as train_module
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    epochs = []
+    monkeypatch.setattr(METHODS[method], "on_epoch_start",
+                        lambda self, model, epoch, _orig=METHODS[method].on_epoch_start:
+                        (epochs.append(epoch), _orig(self, model, epoch)))
+    recipe = ["--method", method, *RESUME_METHODS[method], *RESUME]
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert main(["train", "--out", str(reference), *map(str, recipe)]) == 0
+    assert epochs == [0, 1, 2]
+    step = train_module._Trainer.step
+
+    def stop_at_6(self, x, y, sums):
+        step(self, x, y, sums)
+        if self.progress.iteration + 1 == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module._Trainer, "step", stop_at_6)
+    assert main(["train", "--out", str(out), *map(str, recipe)]) == train_module.STOPPED_EXIT_STATUS
+    monkeypatch.setattr(train_module._Trainer, "step", step)
+    epochs.clear()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert epochs == [2]  # mid-epoch 1 is not reset again; epoch 2 starts at iteration 8
+    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    if method == "sngp":
+        assert not torch.allclose(ours["fc.precision"], torch.eye(32))
