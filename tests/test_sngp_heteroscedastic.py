@@ -309,12 +309,13 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["sngp", "het"])
 def test_eval_reproduces_the_runs_own_test_metrics(runs, tmp_path, kind, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", str(runs[kind]), "--out", str(out)]) == 0
+    assert main(["eval", str(runs[kind]), "--out", str(out), "--corruptions", "gaussian_noise", "--severities", "3",
+                 "--ood-data", "synthetic"]) == 0
     report = json.loads(out.read_text())
     results = json.loads((runs[kind] / "results.json").read_text())
-    for key in ("nll", "acc", "ece", "brier"):
-        assert math.isfinite(report["metrics"][key])
-    assert "top5" in " ".join(report["metrics"]) or any(k.startswith("acc") for k in report["metrics"])
+    for key in ("nll", "acc", "top5", "ece", "brier", "corrupted/mean_nll", "ood/max_logit/auroc",
+                "ood/energy/auroc"):
+        assert math.isfinite(report["metrics"][key]), key
     if kind == "sngp":  # deterministic: the saved precision gives back the run's own figures
         assert report["metrics"]["nll"] == pytest.approx(results["tst/nll"], rel=1e-5)
         assert report["metrics"]["acc"] == pytest.approx(results["tst/acc"])
