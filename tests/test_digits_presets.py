@@ -20,6 +20,8 @@ METHOD_PRESETS = {
     "digits-resnet20-ensemble": "ensemble",
     "digits-resnet20-mcdropout": "mcdropout",
     "digits-resnet20-swag": "swag",
+    "digits-resnet20-sngp": "sngp",
+    "digits-resnet20-heteroscedastic": "heteroscedastic",
 }
 # The CLI's own overrides for a smoke run. SWAG also needs a weight snapshot within those 2
 # iterations (its preset collects every 5 steps over the last quarter), and 2 weight samples

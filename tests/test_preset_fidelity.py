@@ -173,6 +173,66 @@ RECIPE: list[dict[str, Any]] = [
 ]
 
 
+# --- seed 000's folder, SNGP and heteroscedastic (issue 20) ---------------------------------
+# Flag lines as counted in the stored copies (docs/preset_sources.md, "SNGP and heteroscedastic").
+UB_SNGP = ("ub-imagenet-resnet50-sngp",)
+UB_HET = ("ub-imagenet-resnet50-heteroscedastic",)
+UB_SH = UB_SNGP + UB_HET
+UB_SN = "google/uncertainty-baselines baselines/imagenet/sngp.py (039b6099)"
+UB_HE = "google/uncertainty-baselines baselines/imagenet/heteroscedastic.py (039e75ec)"
+UB_MSN = "google/uncertainty-baselines uncertainty_baselines/models/resnet50_sngp.py"
+UB_MHE = "google/uncertainty-baselines uncertainty_baselines/models/resnet50_heteroscedastic.py"
+RECIPE += [dict(row, family="ub-sngp" if row["presets"] == UB_SNGP else "ub-het" if row["presets"] == UB_HET
+                else "ub-sngp-het") for row in [
+    dict(presets=UB_SH, field="batch_size", expected=4096,
+         source=f"{UB_SN} l.60, l.143; {UB_HE} l.46, l.78: per_core_batch_size 128 x num_cores 32"),
+    dict(presets=UB_SNGP, field="total_iters", expected=90 * 312, source=f"{UB_SN} l.70: train_epochs 90"),
+    dict(presets=UB_HET, field="total_iters", expected=180 * 312, source=f"{UB_HE} l.57: train_epochs 180"),
+    dict(presets=UB_SH, field="peak_lr", expected=1.6,
+         source=f"{UB_SN} l.62, {UB_HE} l.48: base_learning_rate 0.1; main(): * batch_size / 256"),
+    dict(presets=UB_SH, field="schedule", expected="step",
+         source="main(): ub.schedules.WarmUpPiecewiseConstantSchedule, decay_ratio 0.1"),
+    dict(presets=UB_SH, field="lr_decay", expected=0.1, source="main(): decay_ratio=0.1"),
+    dict(presets=UB_SH, field="warmup_iters", expected=5 * 312, source="main(): warmup_epochs=5 (not scaled)"),
+    dict(presets=UB_SNGP, field="milestones_iters", expected=[30 * 312, 60 * 312, 80 * 312],
+         source=f"{UB_SN} main(): decay_epochs (90 * 30|60|80) // 90"),
+    dict(presets=UB_HET, field="milestones_iters", expected=[60 * 312, 120 * 312, 160 * 312],
+         source=f"{UB_HE} main(): decay_epochs (180 * 30|60|80) // 90"),
+    dict(presets=UB_SH, field="momentum", expected=0.9, source=f"{UB_SN} l.64, {UB_HE} l.50: one_minus_momentum 0.1"),
+    dict(presets=UB_SH, field="nesterov", expected=True, source="main(): tf.keras.optimizers.SGD(nesterov=True)"),
+    dict(presets=UB_SH, field="weight_decay", expected=2e-4,
+         source=f"{UB_SN} l.65, {UB_HE} l.51: l2 1e-4; train step: l2 * 2 * tf.nn.l2_loss -> grad += 2e-4 * w"),
+    dict(presets=UB_SH, field="decay_bn", expected=False, source="train step: only 'kernel' or 'bias' variables"),
+    dict(presets=UB_SNGP, field="seed_precision", expected="fp32", source=f"{UB_SN} l.142: use_bfloat16 False"),
+    dict(presets=UB_HET, field="seed_precision", expected="bf16", source=f"{UB_HE} l.77: use_bfloat16 True"),
+    dict(presets=UB_SH, field="image_size", expected=224, source="main(): input_shape (224, 224, 3)"),
+    dict(presets=UB_SH, field="label_smoothing", expected=0.0, source="train step: plain cross-entropy"),
+    dict(presets=UB_SH, field="dropout", expected=0.0,
+         source=f"{UB_SN} l.85: dropout_rate 0.; {UB_MHE}: no dropout"),
+    dict(presets=UB_SH, field="zero_init_last_bn", expected=False,
+         source=f"{UB_MSN}, {UB_MHE}: BatchNormalization with gamma 1"),
+    dict(presets=UB_SH, field="bn_momentum", expected=0.1,
+         source=f"{UB_MSN}, {UB_MHE}: BATCH_NORM_DECAY 0.9 (TF) = 0.1 (PyTorch)"),
+    dict(presets=UB_SNGP, field="method", expected="sngp", source=UB_SN),
+    dict(presets=UB_SNGP, field="spec_norm_bound", expected=6.0, source=f"{UB_SN} l.99: spec_norm_bound 6."),
+    dict(presets=UB_SNGP, field="spec_norm_iterations", expected=1, source=f"{UB_SN} l.95-96: spec_norm_iteration 1"),
+    dict(presets=UB_SNGP, field="gp_hidden_dim", expected=1024, source=f"{UB_SN} l.109-110: gp_hidden_dim 1024"),
+    dict(presets=UB_SNGP, field="gp_scale", expected=1.0, source=f"{UB_SN} l.106-107: gp_scale 1."),
+    dict(presets=UB_SNGP, field="gp_bias", expected=0.0, source=f"{UB_SN} l.105: gp_bias 0."),
+    dict(presets=UB_SNGP, field="gp_random_features", expected="orf",
+         source=f"{UB_SN} l.118-119: gp_random_feature_type 'orf'"),
+    dict(presets=UB_SNGP, field="gp_ridge_penalty", expected=1.0, source=f"{UB_SN} l.122: gp_cov_ridge_penalty 1."),
+    dict(presets=UB_SNGP, field="gp_cov_discount_factor", expected=-1.0,
+         source=f"{UB_SN} l.124-125: gp_cov_discount_factor -1. (reset each epoch)"),
+    dict(presets=UB_SNGP, field="gp_mean_field_factor", expected=1.0,
+         source=f"{UB_SN} l.128-129: gp_mean_field_factor 1."),
+    dict(presets=UB_HET, field="method", expected="heteroscedastic", source=UB_HE),
+    dict(presets=UB_HET, field="het_num_factors", expected=15, source=f"{UB_HE} l.83: num_factors 15"),
+    dict(presets=UB_HET, field="het_temperature", expected=1.5, source=f"{UB_HE} l.85: temperature 1.5"),
+    dict(presets=UB_HET, field="het_mc_samples", expected=5000,
+         source=f"{UB_HE} l.87: num_mc_samples 5000; {UB_MHE}: train_mc_samples = test_mc_samples"),
+]]
+
 def _effective(cfg: TrainConfig, field: str) -> Any:
     """The value a run of `cfg` uses for `field` (durations in iterations at ImageNet size)."""
     if field in ("total_iters", "warmup_iters", "milestones_iters", "peak_lr"):
@@ -212,6 +272,8 @@ def _same(actual: Any, expected: Any) -> bool:
 
 
 def _row_id(row: dict[str, Any]) -> str:
+    if "family" in row:
+        return f"{row['family']}:{row['field']}"
     family = "ub-det" if row["presets"] == UB_DET else "ub-be" if row["presets"] == UB_BE else (
         "ub" if row["presets"] == UB else "maddox" if row["presets"] == MADDOX else "resnetrs")
     return f"{family}:{row['field']}"

@@ -45,7 +45,8 @@ class TrainConfig:
     freeze: int = field(default=0, metadata=dict(
         help="freeze the stem and the first N stages (no gradients; their BN keeps its running statistics)"))
     method: str = field(default="deterministic", metadata=dict(
-        help="deterministic, batchensemble, mcdropout, swa, swag, or ensemble (ensemble_size runs, seeds seed+k)"))
+        help="deterministic, batchensemble, mcdropout, swa, swag, sngp, heteroscedastic, or ensemble "
+             "(ensemble_size runs, seeds seed+k)"))
     ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble or ensemble"))
     be_init: str = field(default="normal", metadata=dict(help="BatchEnsemble fast-weight init: normal or random_sign"))
     fast_weight_lr_mult: float = field(default=0.25, metadata=dict(help="BatchEnsemble fast-weight LR multiplier"))
@@ -55,6 +56,26 @@ class TrainConfig:
     swa_lr: float | None = field(default=None, metadata=dict(help="SWA/SWAG: constant LR after swa_start"))
     swag_rank: int = field(default=20, metadata=dict(help="SWAG deviation rank"))
     swag_samples: int = field(default=30, metadata=dict(help="SWAG test samples"))
+    # SNGP (defaults: uncertainty-baselines baselines/imagenet/sngp.py's flags).
+    spec_norm_bound: float = field(default=6.0, metadata=dict(
+        help="SNGP: bound on each conv's spectral norm (kernel scaled by min(1, bound/sigma))"))
+    spec_norm_iterations: int = field(default=1, metadata=dict(help="SNGP: power iterations per training step"))
+    gp_hidden_dim: int = field(default=1024, metadata=dict(help="SNGP: random features of the GP output layer"))
+    gp_scale: float = field(default=1.0, metadata=dict(help="SNGP: RBF length-scale (inputs divided by its root)"))
+    gp_bias: float = field(default=0.0, metadata=dict(help="SNGP: constant (untrained) bias of the GP logits"))
+    gp_random_features: str = field(default="orf", metadata=dict(
+        help="SNGP: orf (orthogonal random features) or rff (i.i.d. Gaussian)"))
+    gp_ridge_penalty: float = field(default=1.0, metadata=dict(help="SNGP: ridge of the GP posterior precision"))
+    gp_cov_discount_factor: float = field(default=-1.0, metadata=dict(
+        help="SNGP: -1 = exact precision of each epoch (reset at its start), else its moving-average factor"))
+    gp_mean_field_factor: float = field(default=1.0, metadata=dict(
+        help="SNGP: test logits / sqrt(1 + factor * variance); -1 = the posterior mode (raw logits)"))
+    # Heteroscedastic (defaults: uncertainty-baselines baselines/imagenet/heteroscedastic.py's flags).
+    het_num_factors: int = field(default=15, metadata=dict(
+        help="heteroscedastic: rank of the low-rank part of the logit covariance"))
+    het_temperature: float = field(default=1.5, metadata=dict(help="heteroscedastic: softmax temperature"))
+    het_mc_samples: int = field(default=5000, metadata=dict(
+        help="heteroscedastic: MC samples of the logits (training and test)"))
 
     # Data.
     data: str = field(default="digits", metadata=dict(help="dataset: digits, cifar10, cifar100, tinyimagenet, "

@@ -34,7 +34,7 @@ from . import runs as run_files
 from .devices import resolve_runtime
 from .errors import UserError, writable_path
 from .evaluate import EvalRequest, RunData, build_evaluated_model, finalize_for_eval, read_runs
-from .methods import DeepEnsemble, MCDropout, Method, method_class
+from .methods import DeepEnsemble, Method, method_class
 from .predict import expand_ensemble_roots, preprocess_description
 from .tta import HELP as TTA_HELP, TTA_MODES, check_mode as check_tta, with_tta
 
@@ -165,11 +165,9 @@ def build_exported_model(request: ExportRequest) -> tuple[ExportedModel, dict[st
         rule = method.base
     else:
         models, rule = [model], method
-    exported_as = rule.name
-    if isinstance(rule, MCDropout):
-        notes.append(f"MC dropout: the graph is the network with dropout off (the weight-scaling approximation of "
-                     f"the MC average); the {rule.samples} stochastic samples `resnets eval` averages are not in it.")
-        rule, exported_as = Method(), "deterministic (MC dropout's mean network)"
+    rule, exported_as, note = rule.export_rule()  # a method that samples names its deterministic stand-in
+    if note:
+        notes.append(note)
     if method.finalizes and not method.single_pass:
         notes.append(f"SWAG: the graph is the SWA mean of the collected weights with BatchNorm re-estimated; the "
                      f"{method.samples} weight samples `resnets eval` averages are not in it.")

@@ -342,6 +342,8 @@ class _Trainer:
         try:
             with _StopSignals(announce=self.env.is_main) as stops:
                 for iteration in range(start, total):
+                    if iteration % self.schedule.steps_per_epoch == 0:
+                        self.method.on_epoch_start(self.model, iteration // self.schedule.steps_per_epoch)
                     lr = self._set_lr(iteration)
                     x, y = next(stream)
                     self.step(x, y, sums)

@@ -8,7 +8,9 @@ from ..errors import UserError
 from .base import Method, Prediction
 from .batchensemble import BatchEnsemble
 from .ensemble import DeepEnsemble, check_compatible
+from .heteroscedastic import Heteroscedastic
 from .mcdropout import MCDropout
+from .sngp import SNGP
 from .swag import SWA, SWAG
 from .temperature import apply_temperature, fit_temperature
 
@@ -21,6 +23,8 @@ METHODS: dict[str, type[Method]] = {
     "swa": SWA,
     "swag": SWAG,
     "ensemble": DeepEnsemble,
+    "sngp": SNGP,
+    "heteroscedastic": Heteroscedastic,
 }
 
 
@@ -54,7 +58,8 @@ def build_method(name: str, **options: Any) -> Method:
 
 
 __all__ = [
-    "METHODS", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "MCDropout", "Method", "Prediction",
+    "METHODS", "SNGP", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "Heteroscedastic", "MCDropout", "Method",
+    "Prediction",
     "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_class",
     "method_from_config", "method_options",
 ]

@@ -1,8 +1,8 @@
 """The contract between an uncertainty method and the one training loop.
 
 A method never copies the model or the loop: it may convert the model once
-(`prepare_model`), reshape a training batch (`train_batch`), collect state after a step
-(`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
+(`prepare_model`), reshape a training batch (`train_batch`), act when an epoch begins
+(`on_epoch_start`), collect state after a step (`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
 it is (the class attributes below and `from_config`), so that the loop, the evaluator and the
 report ask it instead of testing its name. The deterministic method is this base class itself.
 """
@@ -64,6 +64,13 @@ class Method:
         """The LR for 0-based `iteration` given the schedule's value (SWA holds it constant)."""
         return lr
 
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called before the first step of each 0-based `epoch` (SNGP resets its GP precision here).
+
+        An epoch is the schedule's steps_per_epoch steps; a run resumed mid-epoch does not call it
+        again for that epoch, so state kept in the model's buffers carries on exactly.
+        """
+
     def after_step(self, model: nn.Module, iteration: int, total_iters: int) -> None:
         """Called after every optimizer step with the 1-based number of steps done."""
 
@@ -72,6 +79,14 @@ class Method:
         """Eval-mode prediction for a batch of normalized inputs."""
         logits = model(x).float()
         return Prediction(F.softmax(logits, dim=-1), logits=logits)
+
+    def export_rule(self) -> tuple["Method", str, str | None]:
+        """The method whose `predict` a serving graph traces, what the sidecar calls it, and a note.
+
+        A method that samples at test time returns a deterministic stand-in and says so (MC
+        dropout: the network with dropout off); every other method traces itself.
+        """
+        return self, self.name, None
 
     def eval_passes(self, model: nn.Module) -> Iterator[None]:
         """Prepare `model` for each full pass over the evaluation data, yielding once per pass.

@@ -61,3 +61,8 @@ class MCDropout(Method):
                 m.train(mode)
         member_probs = logits.softmax(-1)
         return Prediction(member_probs.mean(0), member_probs, logits.mean(0))
+
+    def export_rule(self) -> tuple[Method, str, str | None]:
+        return (Method(), "deterministic (MC dropout's mean network)",
+                f"MC dropout: the graph is the network with dropout off (the weight-scaling approximation of "
+                f"the MC average); the {self.samples} stochastic samples `resnets eval` averages are not in it.")
