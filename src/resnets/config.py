@@ -75,14 +75,16 @@ class TrainConfig:
     lr_base_batch: int | None = field(default=None, metadata=dict(
         help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))
     optimizer: str = field(default="sgd", metadata=dict(
-        help="sgd (with momentum) or adamw (torch.optim.AdamW: decoupled weight decay, betas 0.9/0.999)"))
+        help="sgd (with momentum), adamw (torch.optim.AdamW: decoupled weight decay, betas 0.9/0.999), "
+             "lamb (LAMB as timm's Lamb: betas 0.9/0.999, gradient norm clipped at 1) or lars (LARS as "
+             "timm's Lars: trust coefficient 0.001, with --momentum/--nesterov)"))
     head_lr_mult: float = field(default=1.0, metadata=dict(help="LR multiplier of the classifier head"))
-    momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
+    momentum: float = field(default=0.9, metadata=dict(help="SGD and LARS momentum"))
     nesterov: bool = field(default=False, metadata=dict(help="Nesterov momentum"))
     weight_decay: float = field(default=1e-3, metadata=dict(help="coupled L2: grad += wd * param"))
     decay_bn: bool | None = field(default=None, metadata=dict(
-        help="apply weight decay to BN parameters (with adamw: and biases) too (default: yes with sgd, as "
-             "seed 001; no with adamw); off for seeds 000/003"))
+        help="apply weight decay to BN parameters (with adamw/lamb/lars: and biases) too (default: yes with "
+             "sgd, as seed 001; no with adamw, lamb and lars); off for seeds 000/003"))
     schedule: str = field(default="cosine", metadata=dict(help="cosine or step (after linear warmup)"))
     warmup: str = field(default="10%", metadata=dict(help="linear warmup from 0: 10%%, 5ep or iterations"))
     milestones: str = field(default="", metadata=dict(help="step schedule: comma-separated, e.g. 30ep,60ep,80ep"))
