@@ -71,6 +71,10 @@ class TrainConfig:
     # Optimization.
     iters: str = field(default="48k", metadata=dict(help="training length: 48000, 48k, 90ep"))
     batch_size: int = field(default=256, metadata=dict(help="global batch size (all processes together)"))
+    grad_accum_steps: int = field(default=1, metadata=dict(
+        help="gradient accumulation (timm's name): each optimizer step averages the gradients of N "
+             "micro-batches of batch_size/N (per process: batch_size/N/processes); the LR schedule and "
+             "--iters count optimizer steps. BatchNorm normalizes over each micro-batch, not the whole batch"))
     lr: float = field(default=0.1, metadata=dict(help="peak learning rate (for lr_base_batch: at that batch)"))
     lr_base_batch: int | None = field(default=None, metadata=dict(
         help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))
