@@ -83,4 +83,4 @@ def test_adamw_from_the_command_line_and_an_unknown_optimizer(tmp_path, capsys):
     weights = _weights(tmp_path, "adamw", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05")
     assert torch.isfinite(weights["fc.weight"]).all()
     assert main(["train", "--out", str(tmp_path / "bad"), *FLAGS, "--optimizer", "lion"]) == 2
-    assert "--optimizer 'lion' is unknown: expected one of sgd, adamw" in capsys.readouterr().err
+    assert "--optimizer 'lion' is unknown: expected one of sgd, adamw, lamb, lars" in capsys.readouterr().err

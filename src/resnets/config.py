@@ -92,18 +92,24 @@ class TrainConfig:
     # Optimization.
     iters: str = field(default="48k", metadata=dict(help="training length: 48000, 48k, 90ep"))
     batch_size: int = field(default=256, metadata=dict(help="global batch size (all processes together)"))
+    grad_accum_steps: int = field(default=1, metadata=dict(
+        help="gradient accumulation (timm's name): each optimizer step averages the gradients of N "
+             "micro-batches of batch_size/N (per process: batch_size/N/processes); the LR schedule and "
+             "--iters count optimizer steps. BatchNorm normalizes over each micro-batch, not the whole batch"))
     lr: float = field(default=0.1, metadata=dict(help="peak learning rate (for lr_base_batch: at that batch)"))
     lr_base_batch: int | None = field(default=None, metadata=dict(
         help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))
     optimizer: str = field(default="sgd", metadata=dict(
-        help="sgd (with momentum) or adamw (torch.optim.AdamW: decoupled weight decay, betas 0.9/0.999)"))
+        help="sgd (with momentum), adamw (torch.optim.AdamW: decoupled weight decay, betas 0.9/0.999), "
+             "lamb (LAMB as timm's Lamb: betas 0.9/0.999, gradient norm clipped at 1) or lars (LARS as "
+             "timm's Lars: trust coefficient 0.001, with --momentum/--nesterov)"))
     head_lr_mult: float = field(default=1.0, metadata=dict(help="LR multiplier of the classifier head"))
-    momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
+    momentum: float = field(default=0.9, metadata=dict(help="SGD and LARS momentum"))
     nesterov: bool = field(default=False, metadata=dict(help="Nesterov momentum"))
     weight_decay: float = field(default=1e-3, metadata=dict(help="coupled L2: grad += wd * param"))
     decay_bn: bool | None = field(default=None, metadata=dict(
-        help="apply weight decay to BN parameters (with adamw: and biases) too (default: yes with sgd, as "
-             "seed 001; no with adamw); off for seeds 000/003"))
+        help="apply weight decay to BN parameters (with adamw/lamb/lars: and biases) too (default: yes with "
+             "sgd, as seed 001; no with adamw, lamb and lars); off for seeds 000/003"))
     schedule: str = field(default="cosine", metadata=dict(help="cosine or step (after linear warmup)"))
     warmup: str = field(default="10%", metadata=dict(help="linear warmup from 0: 10%%, 5ep or iterations"))
     milestones: str = field(default="", metadata=dict(help="step schedule: comma-separated, e.g. 30ep,60ep,80ep"))

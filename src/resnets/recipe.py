@@ -16,6 +16,7 @@ from .methods import Method, method_from_config
 from .models import create_model
 from .models.registry import MODELS
 from .models.weights import load_pretrained
+from .optimizers import Lamb, Lars
 
 __all__ = ["build_model", "build_optimizer", "build_run_model", "freeze", "parameter_groups"]
 
@@ -72,17 +73,19 @@ def freeze(model: nn.Module, stages: int) -> None:
 
 
 def decays_bn(cfg: TrainConfig) -> bool:
-    """--decay-bn resolved: given, or yes with SGD (seed 001) and no with AdamW (timm, torchvision)."""
-    return cfg.decay_bn if cfg.decay_bn is not None else cfg.optimizer != "adamw"
+    """--decay-bn resolved: given, or yes with SGD (seed 001) and no with AdamW, LAMB and LARS (timm,
+    torchvision; LAMB and LARS papers exclude BN and biases from decay and layer-wise adaptation)."""
+    return cfg.decay_bn if cfg.decay_bn is not None else cfg.optimizer == "sgd"
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Weight decay on every parameter, or all but BN's (with AdamW also all but biases), the
     head's LR scaled by --head-lr-mult. SGD's decay is coupled L2 (grad += wd * param), AdamW's
-    decoupled (param -= lr * wd * param)."""
+    decoupled (param -= lr * wd * param); LAMB and LARS add wd * param to the update before the
+    trust ratio, and a group without decay is not adapted (as timm's Lamb/Lars)."""
     bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                  for p in m.parameters(recurse=False)}
-    if cfg.optimizer == "adamw":  # the usual AdamW rule: no decay on 1-d tensors (biases, BN)
+    if cfg.optimizer in DECOUPLED_RULE:  # the usual AdamW/LAMB/LARS rule: no decay on biases and BN
         bn_params |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
     head = getattr(model, "fc", None)
     head_params = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
@@ -97,7 +100,8 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups or [dict(params=[], weight_decay=cfg.weight_decay, lr_mult=1.0)]
 
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lamb", "lars")
+DECOUPLED_RULE = ("adamw", "lamb", "lars")  # optimizers that leave biases (as well as BN) undecayed
 
 
 def build_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -105,4 +109,8 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.op
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
+    if cfg.optimizer == "lamb":  # timm.optim.Lamb's defaults: betas 0.9/0.999, eps 1e-6, grad norm clipped at 1
+        return Lamb(groups, lr=lr)
+    if cfg.optimizer == "lars":  # timm.optim.Lars's trust_coeff 0.001, eps 1e-8; SGD's --momentum/--nesterov
+        return Lars(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     raise UserError(f"--optimizer {cfg.optimizer!r} is unknown: expected one of {', '.join(OPTIMIZERS)}")

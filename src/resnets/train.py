@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ class _Trainer:
         self.notes: list[str] = []
         model, self.method = build_run_model(cfg, data.num_classes, data.image_size,
                                              notes=self.notes if resume is None else None)
+        if cfg.grad_accum_steps > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            micro = cfg.batch_size // env.world_size // cfg.grad_accum_steps
+            self.notes.append(f"--grad-accum-steps {cfg.grad_accum_steps}: each optimizer step averages the "
+                              f"gradients of {cfg.grad_accum_steps} micro-batches; BatchNorm normalizes over each "
+                              f"micro-batch of {micro} images per process, not over the batch of {cfg.batch_size}")
         if env.is_main:
             for note in self.notes:
                 print(f"resnets train: {note}", file=sys.stderr, flush=True)
@@ -202,8 +208,10 @@ class _Trainer:
             self._window = restored.window
 
         step_model: nn.Module = self.model
+        self.ddp: DistributedDataParallel | None = None
         if env.enabled:
-            step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+            step_model = self.ddp = DistributedDataParallel(
+                step_model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             step_model = torch.compile(step_model)
         self.step_model = step_model
@@ -304,12 +312,19 @@ class _Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
+    def _no_sync(self, last: bool):
+        """DDP all-reduces gradients only on the last micro-batch of an accumulation window."""
+        return nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+
     def step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
-        x, y = self.method.train_batch(x, y)
-        with autocast(self.device, self.precision):
-            logits = self.step_model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-        self.scaler.scale(loss).backward()
+        """One optimizer step on this process's batch: with --grad-accum-steps N, the batch is cut
+        into N equal micro-batches whose losses are each divided by N, so the accumulated gradient
+        is their mean. The batch itself is the step's (a function of seed and step), so a resume
+        from a checkpoint, always at a step boundary, replays the same micro-batches."""
+        n = self.cfg.grad_accum_steps
+        for index, (x_micro, y_micro) in enumerate(zip(x.chunk(n), y.chunk(n))):
+            with self._no_sync(last=index == n - 1):
+                self._accumulate(x_micro, y_micro, n, sums)
         if self.cfg.grad_clip or self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
             # The total norm is not finite exactly when the scaler will skip the step; counted on
@@ -320,6 +335,14 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor, micro_batches: int, sums: torch.Tensor) -> None:
+        """Forward and backward of one micro-batch, its loss scaled by 1/micro_batches."""
+        x, y = self.method.train_batch(x, y)
+        with autocast(self.device, self.precision):
+            logits = self.step_model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        self.scaler.scale(loss / micro_batches if micro_batches > 1 else loss).backward()
         # Running training statistics stay on the device until the next log point.
         sums[0] += loss.detach().float() * y.shape[0]
         sums[1] += (logits.detach().argmax(-1) == y).sum()
@@ -577,6 +600,10 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
     if cfg.batch_size % env.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                         f"{env.world_size} processes")
+    if cfg.grad_accum_steps < 1 or (cfg.batch_size // env.world_size) % cfg.grad_accum_steps:
+        raise UserError(f"--grad-accum-steps {cfg.grad_accum_steps}: expected a whole number >= 1 that divides "
+                        f"each process's batch ({cfg.batch_size} over {env.world_size} process(es): "
+                        f"{cfg.batch_size // env.world_size} images) into equal micro-batches")
     if dataset_spec(cfg.data).eval_only:
         raise UserError(f"--data {cfg.data} has no training split: it is a test set for `resnets eval "
                         f"RUN_DIR --shift-data {cfg.data}`")
