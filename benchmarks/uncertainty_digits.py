@@ -1,4 +1,4 @@
-"""Deterministic vs BatchEnsemble vs deep ensemble vs MC dropout vs SWAG on the bundled digits.
+"""Deterministic, BatchEnsemble, deep ensemble, MC dropout, SWAG, SNGP, heteroscedastic, MIMO and rank-1 BNN on the bundled digits.
 
 Each method is one preset (`resnets train --list-presets`: digits-resnet20 and the
 digits-resnet20-* presets built from it), trained with 3 seeds and evaluated through the CLI
@@ -51,6 +51,8 @@ METHODS = [
     MethodSpec("ensemble", "Deep ensemble (4)", "digits-resnet20-ensemble", ensemble=True),
     MethodSpec("mcdropout", "MC dropout", "digits-resnet20-mcdropout"),
     MethodSpec("swag", "SWAG", "digits-resnet20-swag"),
+    MethodSpec("sngp", "SNGP", "digits-resnet20-sngp"),
+    MethodSpec("heteroscedastic", "Heteroscedastic", "digits-resnet20-heteroscedastic"),
 ]
 CLEAN = ("nll", "acc", "ece")
 CORRUPTED = ("corrupted/mean_nll", "corrupted/mean_acc", "corrupted/mean_ece")
