@@ -332,3 +332,36 @@ def test_two_torchrun_processes_read_disjoint_samples_from_shards(tmp_path):
         assert ranks[0][step] + ranks[1][step] == whole
         assert not set(ranks[0][step]) & set(ranks[1][step])  # disjoint samples (the colours are distinct)
         assert len(set(whole)) == 8
+
+
+def _solid_color_shards(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    colors = rng.permutation(np.arange(24 * 3) * 3 + 20).reshape(24, 3)  # distinct per image
+    for k, color in enumerate(colors):
+        write_jpeg(tmp_path / "photos" / CLASSES[k % 3] / f"img_{k}.JPEG",
+                   np.broadcast_to(color.astype(np.uint8), (16, 16, 3)).copy(), quality=100)
+    prepare_shards("folder", tmp_path / "photos", tmp_path / "shards", workers=1, log=lambda *_: None)
+    return tmp_path / "shards"
+
+
+def _batch_colors(batches, steps) -> list[list[tuple]]:
+    out = []
+    for _ in range(steps):
+        x, _ = next(batches)
+        out.append([tuple(round(v) for v in (x[k].mean(dim=(1, 2)) * 255).tolist()) for k in range(x.shape[0])])
+    return out
+
+
+def test_batches_from_shards_resume_exactly_and_ranks_read_disjoint_samples(tmp_path):
+    # The fast, in-process half of the two slow tests above: batch i is f(seed, i) on shards.
+    from resnets.data import train_batches
+
+    split = load_dataset("folder", _solid_color_shards(tmp_path), val_size=0).train
+    common = dict(batch_size=8, seed=3, device="cpu", mean=(0, 0, 0), std=(1, 1, 1), image_size=8, augment="crop-flip",
+                  num_workers=0)
+    whole = _batch_colors(train_batches(split, start_iteration=0, **common), 5)
+    assert _batch_colors(train_batches(split, start_iteration=3, **common), 2) == whole[3:]
+    halves = [_batch_colors(train_batches(split, start_iteration=0, rank=r, world_size=2, **common), 5) for r in (0, 1)]
+    for step in range(5):
+        assert halves[0][step] + halves[1][step] == whole[step]
+        assert not set(halves[0][step]) & set(halves[1][step]) and len(set(whole[step])) == 8
