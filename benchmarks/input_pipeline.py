@@ -117,17 +117,34 @@ def images_per_second(make_batches, images: int) -> float:
     return seen / elapsed
 
 
-def paired(name: str, peer_a, peer_b, images: int, repeats: int, log) -> dict:
+def images_per_cpu_second(make_batches, images: int) -> float:
+    """Images per second of this process's CPU time (no workers: decoding runs here), which other
+    jobs on a shared machine barely change, unlike wall time."""
+    start = time.process_time()
+    seen = 0
+    iterator = iter(make_batches())
+    while seen < images:
+        try:
+            x, _ = next(iterator)
+        except StopIteration:
+            iterator = iter(make_batches())
+            continue
+        seen += len(x)
+    return seen / (time.process_time() - start)
+
+
+def paired(name: str, peer_a, peer_b, images: int, repeats: int, log, rate=None) -> dict:
     """Ratios b/a over paired rounds (order alternating); returns the figures for the report."""
     load_before = os.getloadavg()
     ratios, rates_a, rates_b = [], [], []
     for repeat in range(repeats):
+        rate = rate or images_per_second
         if repeat % 2 == 0:
-            a = images_per_second(peer_a, images)
-            b = images_per_second(peer_b, images)
+            a = rate(peer_a, images)
+            b = rate(peer_b, images)
         else:
-            b = images_per_second(peer_b, images)
-            a = images_per_second(peer_a, images)
+            b = rate(peer_b, images)
+            a = rate(peer_a, images)
         rates_a.append(a)
         rates_b.append(b)
         ratios.append(b / a)
@@ -147,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of both peers (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated subset of: train224,train160,ra160,eval224,"
-                                                      "eval160,decoder,scaling,shards224,shards160,shardseval224")
+                                                      "eval160,decoder,scaling,shards224,shards160,shardseval224,cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the main process only collects and normalizes: the workers are measured
@@ -168,7 +185,7 @@ def main(argv=None) -> int:
             f"{args.images} images per measurement")
 
         shard_split = None
-        if wanted is None or wanted & {"shards224", "shards160", "shardseval224"}:
+        if wanted is None or wanted & {"shards224", "shards160", "shardseval224", "cpu"}:
             start = time.perf_counter()
             prepare_shards("folder", root, Path(tmp) / "shards", max_side=320, quality=90, workers=os.cpu_count(),
                            log=lambda *_: None)
@@ -206,6 +223,16 @@ def main(argv=None) -> int:
         for key, name, a, b in plan:
             if wanted is None or key in wanted:
                 results.append(paired(name, a, b, args.images, args.repeats, log))
+        if wanted is None or "cpu" in wanted:
+            # Per CPU-second in one process (num_workers=0): robust to a loaded machine. Our side also
+            # normalizes to float32 here (the reference stops at uint8), which a GPU run does on the device.
+            for size in (224, 160):
+                for source, what in ((split, "JPEGs"), (shard_split, "shards (320 px)")):
+                    results.append(paired(
+                        f"per CPU-second, train {size} px crop+flip: resnets on {what} / reference on the JPEGs",
+                        lambda size=size: reference_loader(root, size, True, 0, args.batch_size),
+                        ours_train(size, workers=0, source=source), args.images, args.repeats, log,
+                        rate=images_per_cpu_second))
         if wanted is None or "decoder" in wanted:
             saved = crops.simplejpeg
 
