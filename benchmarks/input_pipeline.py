@@ -11,7 +11,10 @@ ImageFolder layout. Peers, each with the same number of DataLoader workers and b
   with ResNet-RS's RandAugment, magnitude 10), normalized to float32 (on the CPU here: with a
   GPU that step runs on the device);
 - reference eval: ImageFolder + Resize(round(S/0.875)) + CenterCrop(S) + PILToTensor;
-- resnets eval: ``resnets.data.eval_batches``.
+- resnets eval: ``resnets.data.eval_batches``;
+- resnets on shards (``--only shards224,shards160,shardseval224``): the same JPEGs written once by
+  ``resnets prepare`` at a longest side of 320 px (quality 90) and read through ``ShardSplit``,
+  against the reference on the original JPEGs.
 
 Each comparison runs in paired rounds, the order alternating, repeated ``--repeats`` times;
 a measurement is the wall time from creating the loader to receiving ``--images`` images.
@@ -40,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnets.data import crops  # noqa: E402
 from resnets.data.pipelines import eval_batches, train_batches  # noqa: E402
-from resnets.data.sources import FolderSplit  # noqa: E402
+from resnets.data.preparation import prepare_shards  # noqa: E402
+from resnets.data.sources import FolderSplit, load_dataset  # noqa: E402
 from resnets.devices import cpu_cores, cpu_name  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -113,17 +117,34 @@ def images_per_second(make_batches, images: int) -> float:
     return seen / elapsed
 
 
-def paired(name: str, peer_a, peer_b, images: int, repeats: int, log) -> dict:
+def images_per_cpu_second(make_batches, images: int) -> float:
+    """Images per second of this process's CPU time (no workers: decoding runs here), which other
+    jobs on a shared machine barely change, unlike wall time."""
+    start = time.process_time()
+    seen = 0
+    iterator = iter(make_batches())
+    while seen < images:
+        try:
+            x, _ = next(iterator)
+        except StopIteration:
+            iterator = iter(make_batches())
+            continue
+        seen += len(x)
+    return seen / (time.process_time() - start)
+
+
+def paired(name: str, peer_a, peer_b, images: int, repeats: int, log, rate=None) -> dict:
     """Ratios b/a over paired rounds (order alternating); returns the figures for the report."""
     load_before = os.getloadavg()
     ratios, rates_a, rates_b = [], [], []
     for repeat in range(repeats):
+        rate = rate or images_per_second
         if repeat % 2 == 0:
-            a = images_per_second(peer_a, images)
-            b = images_per_second(peer_b, images)
+            a = rate(peer_a, images)
+            b = rate(peer_b, images)
         else:
-            b = images_per_second(peer_b, images)
-            a = images_per_second(peer_a, images)
+            b = rate(peer_b, images)
+            a = rate(peer_a, images)
         rates_a.append(a)
         rates_b.append(b)
         ratios.append(b / a)
@@ -143,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of both peers (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated subset of: train224,train160,ra160,eval224,"
-                                                      "eval160,decoder,scaling")
+                                                      "eval160,decoder,scaling,shards224,shards160,shardseval224,cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the main process only collects and normalizes: the workers are measured
@@ -163,13 +184,22 @@ def main(argv=None) -> int:
             f"grace_hopper.jpg; {args.workers} worker(s) each, batch {args.batch_size}, "
             f"{args.images} images per measurement")
 
-        def ours_train(size, randaugment=None, workers=args.workers):
-            return lambda: train_batches(split, batch_size=args.batch_size, start_iteration=0, seed=0, device="cpu",
+        shard_split = None
+        if wanted is None or wanted & {"shards224", "shards160", "shardseval224", "cpu"}:
+            start = time.perf_counter()
+            prepare_shards("folder", root, Path(tmp) / "shards", max_side=320, quality=90, workers=os.cpu_count(),
+                           log=lambda *_: None)
+            shard_split = load_dataset("folder", Path(tmp) / "shards", val_size=0).train
+            log(f"prepared {len(shard_split)} shard samples at longest side 320 px, quality 90, in "
+                f"{time.perf_counter() - start:.1f} s")
+
+        def ours_train(size, randaugment=None, workers=args.workers, source=None):
+            return lambda: train_batches(source or split, batch_size=args.batch_size, start_iteration=0, seed=0, device="cpu",
                                          mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=size,
                                          randaugment_magnitude=randaugment, num_workers=workers)
 
-        def ours_eval(size):
-            return lambda: eval_batches(split, batch_size=args.batch_size, device="cpu", mean=IMAGENET_MEAN,
+        def ours_eval(size, source=None):
+            return lambda: eval_batches(source or split, batch_size=args.batch_size, device="cpu", mean=IMAGENET_MEAN,
                                         std=IMAGENET_STD, image_size=size, num_workers=args.workers)
 
         def ref(size, train):
@@ -183,10 +213,26 @@ def main(argv=None) -> int:
              ref(160, True), ours_train(160, randaugment=10)),
             ("eval224", "eval 224 px resize+center crop: resnets / torchvision reference", ref(224, False), ours_eval(224)),
             ("eval160", "eval 160 px resize+center crop: resnets / torchvision reference", ref(160, False), ours_eval(160)),
+            ("shards224", "train 224 px crop+flip: resnets on shards (320 px) / torchvision reference on the JPEGs",
+             ref(224, True), ours_train(224, source=shard_split)),
+            ("shards160", "train 160 px crop+flip: resnets on shards (320 px) / torchvision reference on the JPEGs",
+             ref(160, True), ours_train(160, source=shard_split)),
+            ("shardseval224", "eval 224 px resize+center crop: resnets on shards (320 px) / torchvision reference "
+             "on the JPEGs", ref(224, False), ours_eval(224, source=shard_split)),
         ]
         for key, name, a, b in plan:
             if wanted is None or key in wanted:
                 results.append(paired(name, a, b, args.images, args.repeats, log))
+        if wanted is None or "cpu" in wanted:
+            # Per CPU-second in one process (num_workers=0): robust to a loaded machine. Our side also
+            # normalizes to float32 here (the reference stops at uint8), which a GPU run does on the device.
+            for size in (224, 160):
+                for source, what in ((split, "JPEGs"), (shard_split, "shards (320 px)")):
+                    results.append(paired(
+                        f"per CPU-second, train {size} px crop+flip: resnets on {what} / reference on the JPEGs",
+                        lambda size=size: reference_loader(root, size, True, 0, args.batch_size),
+                        ours_train(size, workers=0, source=source), args.images, args.repeats, log,
+                        rate=images_per_cpu_second))
         if wanted is None or "decoder" in wanted:
             saved = crops.simplejpeg
 

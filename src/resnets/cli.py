@@ -1,7 +1,7 @@
 """The `resnets` command: one subcommand per job.
 
 `train` takes one flag per TrainConfig field (config.py), read by train.py under the same
-name; `eval` and `bench` define their flags in the module that reads them, `report` in report_command.py.
+name; `eval`, `bench`, `predict`, `export` and `prepare` define their flags in the module that reads them, `report` in report_command.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import typing
 import yaml
 from pathlib import Path
 
-from . import bench, evaluate, export, predict, report_command
+from . import bench, evaluate, export, predict, prepare, report_command
 from .config import TrainConfig, describe_duration, field_type, load_config_file
 from .data import DATASETS
 from .errors import UserError
@@ -150,6 +150,11 @@ exit status: 0 finished (or already finished), {STOPPED_EXIT_STATUS} stopped by 
     exporting = sub.add_parser("export", help="write finished runs as one ONNX or TorchScript graph for serving")
     export.add_arguments(exporting)
     exporting.set_defaults(func=export.run)
+
+    preparing = sub.add_parser("prepare", help="write imagenet or an image folder once into shards that train and "
+                               "eval read by index, from local disk or s3:// / gs://")
+    prepare.add_arguments(preparing)
+    preparing.set_defaults(func=prepare.run)
 
     zoo = sub.add_parser("zoo", help="list every model with parameters and FLOPs")
     zoo.add_argument("--num-classes", type=int, default=None,

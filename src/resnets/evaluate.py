@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import runs as run_files
-from .data import FolderSplit, TensorSplit, dataset_spec, load_dataset, train_batches
+from .data import FolderSplit, ShardSplit, TensorSplit, dataset_spec, load_dataset, train_batches
 from .data.corruptions import CORRUPTIONS, LEFT_OUT, corrupt, default_param_set
 from .devices import Runtime, resolve_runtime
 from .errors import UserError, writable_path
@@ -470,9 +470,9 @@ def evaluate_runs(args: EvalRequest) -> dict[str, Any]:
     finalizes = len(runs) == 1 and method_class(cfg.method).finalizes
     if finalizes:
         request.load_own(args, why=f"re-estimating BatchNorm for the {cfg.method} run")
-    if corruptions and not isinstance(split, (TensorSplit, FolderSplit)):
-        raise UserError(f"--corruptions: the {split_name} split of {data_name!r} is neither in-memory images nor "
-                        "image files, so it cannot be corrupted.")
+    if corruptions and not isinstance(split, (TensorSplit, FolderSplit, ShardSplit)):
+        raise UserError(f"--corruptions: the {split_name} split of {data_name!r} is neither in-memory images, "
+                        "image files nor prepared shards, so it cannot be corrupted.")
     shift = shift_split = None
     if args.shift_data:
         shift = request.load(args.shift_data, args.shift_data_dir, "--shift-data")

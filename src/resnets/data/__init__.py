@@ -12,12 +12,14 @@ from .sources import (
     DatasetSpec,
     EncodedSplit,
     FolderSplit,
+    ShardSplit,
     Split,
     TensorSplit,
     cache_dir,
     dataset_spec,
     load_dataset,
 )
+from .preparation import prepare_shards
 
 __all__ = [
     "AUGMENTATIONS",
@@ -26,12 +28,14 @@ __all__ = [
     "DatasetSpec",
     "EncodedSplit",
     "FolderSplit",
+    "ShardSplit",
     "Split",
     "TensorSplit",
     "cache_dir",
     "dataset_spec",
     "eval_batches",
     "load_dataset",
+    "prepare_shards",
     "steps_per_epoch",
     "train_batches",
 ]

@@ -20,7 +20,8 @@ workers) through the ``EncodedSplit`` interface.
 One module per format family, behind the one registry below (``DATASETS``): ``cifar``,
 ``downsampled`` (ImageNet32/64), ``folders`` (TinyImageNet, ImageNet, ImageNet-V2, and ``folder``:
 your own ImageFolder-layout photos), ``arrays`` (npy, digits, synthetic); ``common`` holds the shared types and helpers and
-``decode`` the image decoding.
+``decode`` the image decoding; ``shards`` writes ``imagenet`` and ``folder`` once into litdata
+chunks (``resnets prepare``) and reads them back as ``ShardSplit`` wherever --data-dir holds them.
 """
 from __future__ import annotations
 
@@ -35,16 +36,20 @@ from .arrays import _load_digits, _load_npy, _load_synthetic
 from .cifar import _CIFAR_LAYOUT_TEXT, _load_cifar
 from .common import (
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD,
-    NOISE_MEAN, NOISE_STD, VAL_FRACTION, DatasetBundle, EncodedSplit, FolderSplit, Split, TensorSplit, _Request,
+    NOISE_MEAN, NOISE_STD, VAL_FRACTION, DatasetBundle, EncodedSplit, FolderSplit, TensorSplit, _Request,
     _resize_tensor_splits, cache_dir, resize_images,
 )
 from .decode import decode_images, decode_rgb
 from .downsampled import _load_downsampled
 from .folders import _load_folder, _load_imagenet, _load_imagenet_v2, _load_tinyimagenet
+from .shards import PREPARABLE, ShardSplit, is_remote, load_shards, read_manifest
+
+# Tensor data is augmented on the device; everything else is an EncodedSplit decoded by workers.
+Split = TensorSplit | FolderSplit | ShardSplit
 
 __all__ = [
-    "DATASETS", "DatasetBundle", "DatasetSpec", "EncodedSplit", "FolderSplit", "IMAGE_EXTENSIONS", "Split",
-    "TensorSplit", "VAL_FRACTION", "cache_dir", "dataset_spec", "decode_images", "decode_rgb", "load_dataset",
+    "DATASETS", "DatasetBundle", "DatasetSpec", "EncodedSplit", "FolderSplit", "IMAGE_EXTENSIONS", "PREPARABLE",
+    "ShardSplit", "Split", "TensorSplit", "VAL_FRACTION", "cache_dir", "dataset_spec", "decode_images", "decode_rgb", "load_dataset",
     "resize_images",
 ]
 
@@ -77,9 +82,19 @@ def load_dataset(
             f"--download fetches only {downloadable}; {name!r} cannot be downloaded automatically. "
             f"Put {spec.layout} in --data-dir yourself and leave --download out."
         )
+    # Prepared shards (resnets prepare), on local disk or at an object-store URL, are read directly.
+    shards = read_manifest(data_dir if is_remote(data_dir) else Path(data_dir).expanduser()) if (
+        spec.from_files and data_dir is not None and (is_remote(data_dir) or Path(data_dir).expanduser().is_dir())) else None
+    if shards is None and data_dir is not None and is_remote(data_dir):
+        raise UserError(f"--data-dir {data_dir} is a URL, which only prepared shards (resnets prepare) can be read from.")
+    if shards is not None and name not in PREPARABLE:
+        raise UserError(
+            f"--data-dir {data_dir} holds prepared shards of {shards.get('dataset')!r}, which --data {name} cannot read. "
+            f"Pass --data {shards.get('dataset')}."
+        )
     request = _Request(
         name=name,
-        data_dir=None if data_dir is None else Path(data_dir).expanduser(),
+        data_dir=None if data_dir is None or shards is not None else Path(data_dir).expanduser(),
         image_size=image_size,
         download=download,
         val_size=val_size,
@@ -87,6 +102,8 @@ def load_dataset(
         synthetic_size=synthetic_size,
         stats=spec.stats,
     )
+    if shards is not None:
+        return load_shards(request, shards, str(data_dir) if is_remote(data_dir) else str(Path(data_dir).expanduser()))
     if spec.from_files and not request.data_dir.is_dir() and not download:
         raise UserError(
             f"--data-dir {request.data_dir} is not a folder. Dataset {name!r} expects it to hold {spec.layout}."

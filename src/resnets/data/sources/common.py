@@ -106,8 +106,8 @@ class FolderSplit:
             ) from None
 
 
-# Tensor data is augmented on the device; everything else is an EncodedSplit decoded by workers.
-Split = TensorSplit | FolderSplit
+# The Split union (TensorSplit | FolderSplit | ShardSplit) is defined in sources/__init__.py,
+# beside the shard module it needs.
 
 
 @dataclass(eq=False)

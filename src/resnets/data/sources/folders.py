@@ -255,10 +255,20 @@ def _folder_split_samples(folder: Path, classes: list[str]) -> list[tuple[str, i
     return samples
 
 
+def class_balanced_positions(labels, num_classes: int) -> np.ndarray:
+    """Positions of ``labels`` reordered as: first sample of every class, then every second, …
+    (the held-out tail then has every class). Idempotent, so prepared shards of an ordered
+    training split give the same tail as the folders."""
+    labels = np.asarray(labels, dtype=np.int64)
+    per_class = [np.flatnonzero(labels == label) for label in range(num_classes)]
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for positions in per_class:
+        ranks[positions] = np.arange(len(positions))
+    return np.lexsort((labels, ranks))  # by rank, then by class
+
+
 def _class_balanced_order(samples: list[tuple[str, int]], num_classes: int) -> list[tuple[str, int]]:
-    """First image of every class, then every second, …: the held-out tail then has every class."""
-    per_class = [[s for s in samples if s[1] == label] for label in range(num_classes)]
-    return [files[rank] for rank in range(max(map(len, per_class))) for files in per_class if rank < len(files)]
+    return [samples[k] for k in class_balanced_positions([label for _, label in samples], num_classes)]
 
 
 def _load_folder(request: _Request) -> DatasetBundle:
