@@ -83,8 +83,8 @@ class BatchMixer:
         cut = math.sqrt(1.0 - lam)
         cut_h, cut_w = int(height * cut), int(width * cut)
         cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-        top, bottom = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
-        left, right = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+        top, bottom = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + (cut_h + 1) // 2, 0, height))
+        left, right = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + (cut_w + 1) // 2, 0, width))
         kept = 1.0 - (bottom - top) * (right - left) / float(height * width)
         return MixDraw("cutmix", kept, (top, bottom, left, right))
 
@@ -147,7 +147,7 @@ class BatchMixer:
         top, left, h, w = (b[:, i].view(-1, 1, 1) for i in range(4))
         mask = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
         noise_gen = torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**63 - 1)))
-        noise = torch.randn(x.shape, generator=noise_gen, device=device, dtype=x.dtype)
+        noise = torch.empty_like(x).normal_(generator=noise_gen)  # empty_like keeps x's memory format
         return torch.where(mask.unsqueeze(1), noise, x)
 
 
