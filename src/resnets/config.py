@@ -115,6 +115,18 @@ class TrainConfig:
     milestones: str = field(default="", metadata=dict(help="step schedule: comma-separated, e.g. 30ep,60ep,80ep"))
     lr_decay: float = field(default=0.1, metadata=dict(help="step schedule: factor at each milestone"))
     label_smoothing: float = field(default=0.0, metadata=dict(help="cross-entropy label smoothing"))
+    # Batch mixing and erasing (data/mixing.py), named and drawn as timm's train.py does.
+    mixup: float = field(default=0.0, metadata=dict(
+        help="mixup alpha (timm's --mixup): each batch is mixed with itself reversed by lambda ~ Beta(a, a), "
+             "targets mixed alike; 0 is off"))
+    cutmix: float = field(default=0.0, metadata=dict(
+        help="CutMix alpha (timm's --cutmix): a box of area 1-lambda is pasted from the reversed batch; 0 is off"))
+    mixup_prob: float = field(default=1.0, metadata=dict(
+        help="probability that a batch is mixed at all (timm's --mixup-prob)"))
+    mixup_switch_prob: float = field(default=0.5, metadata=dict(
+        help="with both --mixup and --cutmix: probability of CutMix for a batch (timm's --mixup-switch-prob)"))
+    reprob: float = field(default=0.0, metadata=dict(
+        help="random erasing probability per image (timm's --reprob; area 2-33%%, per-pixel normal noise)"))
     ema_decay: float | None = field(default=None, metadata=dict(help="EMA of weights (evaluated instead), e.g. 0.9999"))
     grad_clip: float | None = field(default=None, metadata=dict(help="clip the gradient norm to this value"))
 

@@ -45,6 +45,7 @@ from .checkpointer import Checkpointer, TrainingParts
 from .config import (EXECUTION_FIELDS, CheckpointInterval, Schedule, TrainConfig, parse_checkpoint_every,
                      resolve_schedule)
 from .data import DatasetBundle, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
+from .data.mixing import BatchMixer, check_options as check_mixing_options
 from .devices import Runtime, autocast, device_description, kernel_choice, resolve_runtime
 from .distributed import Agreement, DistEnv, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
@@ -178,6 +179,8 @@ class _Trainer:
             for note in self.notes:
                 print(f"resnets train: {note}", file=sys.stderr, flush=True)
         self.params = count_parameters(model)
+        # Mixup/CutMix/random erasing: soft targets for the loss, drawn per (seed, step, rank).
+        self.mixer = BatchMixer.from_config(cfg, data.num_classes)
         if env.enabled and cfg.sync_bn:
             # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
             model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
@@ -337,15 +340,20 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _accumulate(self, x: torch.Tensor, y: torch.Tensor, micro_batches: int, sums: torch.Tensor) -> None:
-        """Forward and backward of one micro-batch, its loss scaled by 1/micro_batches."""
+        """Forward and backward of one micro-batch, its loss scaled by 1/micro_batches.
+
+        y is class indices, or N×C probabilities under --mixup/--cutmix/--reprob (cross_entropy takes
+        either, label smoothing included); train accuracy is then against each image's larger-weight
+        label (the argmax of its target)."""
         x, y = self.method.train_batch(x, y)
         with autocast(self.device, self.precision):
             logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         self.scaler.scale(loss / micro_batches if micro_batches > 1 else loss).backward()
         # Running training statistics stay on the device until the next log point.
+        hard = y if y.dim() == 1 else y.argmax(-1)
         sums[0] += loss.detach().float() * y.shape[0]
-        sums[1] += (logits.detach().argmax(-1) == y).sum()
+        sums[1] += (logits.detach().argmax(-1) == hard).sum()
         sums[2] += y.shape[0]
 
     def run(self) -> None:
@@ -369,6 +377,8 @@ class _Trainer:
                         self.method.on_epoch_start(self.model, iteration // self.schedule.steps_per_epoch)
                     lr = self._set_lr(iteration)
                     x, y = next(stream)
+                    if self.mixer is not None:
+                        x, y = self.mixer(x, y, iteration, self.env.rank)
                     self.step(x, y, sums)
                     if self.ema is not None:
                         self.ema.update_parameters(self.model)
@@ -604,6 +614,7 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
         raise UserError(f"--grad-accum-steps {cfg.grad_accum_steps}: expected a whole number >= 1 that divides "
                         f"each process's batch ({cfg.batch_size} over {env.world_size} process(es): "
                         f"{cfg.batch_size // env.world_size} images) into equal micro-batches")
+    check_mixing_options(cfg)
     if dataset_spec(cfg.data).eval_only:
         raise UserError(f"--data {cfg.data} has no training split: it is a test set for `resnets eval "
                         f"RUN_DIR --shift-data {cfg.data}`")
