@@ -152,3 +152,24 @@ def test_accumulation_changes_what_bn_sees_and_says_so(tmp_path, reference, caps
     capsys.readouterr()
     train(TrainConfig(**RECIPE, out=str(tmp_path / "noted")))
     assert "BatchNorm normalizes over each micro-batch of 4 images" in capsys.readouterr().err
+
+
+def test_micro_batch_size_sets_the_number_of_micro_batches_and_the_run_saves_it(tmp_path):
+    out = tmp_path / "auto"
+    assert main(["train", "--data", "digits", "--model", "resnet20", "--image-size", "16", "--device", "cpu",
+                 "--no-progress", "--iters", "2", "--eval-every", "2", "--batch-size", "32",
+                 "--grad-accum-steps", "auto", "--micro-batch-size", "8", "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / CONFIG_FILE).read_text())["config"]
+    assert (saved["grad_accum_steps"], saved["micro_batch_size"]) == (32 // 8, 8)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--grad-accum-steps", "auto"], "--micro-batch-size"),
+    (["--micro-batch-size", "12"], "--micro-batch-size 12"),
+    (["--micro-batch-size", "8", "--grad-accum-steps", "2"], "disagree"),
+])
+def test_bad_micro_batch_flags_are_one_paragraph_errors(tmp_path, capsys, flags, named):
+    assert main(["train", "--batch-size", "32", "--iters", "2", "--no-progress", "--out", str(tmp_path / "r"),
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err

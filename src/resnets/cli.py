@@ -38,7 +38,9 @@ def add_train_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
+            # A field may parse its flag itself (--grad-accum-steps auto); the value keeps the field's type.
+            group.add_argument(flag, dest=f.name, type=f.metadata.get("parse", kind), default=None,
+                               metavar=kind.__name__.upper(),
                                help=help_text)
 
 

@@ -95,7 +95,12 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata=dict(
         help="gradient accumulation (timm's name): each optimizer step averages the gradients of N "
              "micro-batches of batch_size/N (per process: batch_size/N/processes); the LR schedule and "
-             "--iters count optimizer steps. BatchNorm normalizes over each micro-batch, not the whole batch"))
+             "--iters count optimizer steps. BatchNorm normalizes over each micro-batch, not the whole batch; "
+             "'auto' (saved as 0 until resolved) takes N from --micro-batch-size",
+        parse=lambda text: 0 if text == "auto" else int(text)))
+    micro_batch_size: int | None = field(default=None, metadata=dict(
+        help="images per process per forward pass: sets --grad-accum-steps to batch_size / (processes x this), "
+             "e.g. --batch-size 4096 --micro-batch-size 256 on 2 GPUs accumulates 8 micro-batches"))
     lr: float = field(default=0.1, metadata=dict(help="peak learning rate (for lr_base_batch: at that batch)"))
     lr_base_batch: int | None = field(default=None, metadata=dict(
         help="scale lr linearly by batch_size / lr_base_batch (e.g. 256)"))

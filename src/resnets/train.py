@@ -600,6 +600,27 @@ def _disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def resolve_grad_accum(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """--micro-batch-size M (or --grad-accum-steps auto with it) as the number of micro-batches
+    N = batch_size / (world_size x M), which is what the run then saves and resumes with."""
+    if cfg.micro_batch_size is None:
+        if cfg.grad_accum_steps == 0:
+            raise UserError("--grad-accum-steps auto needs --micro-batch-size M, the images per process per "
+                            "forward pass (e.g. --batch-size 4096 --grad-accum-steps auto --micro-batch-size 256)")
+        return cfg
+    per_process = cfg.batch_size // world_size
+    if cfg.micro_batch_size < 1 or per_process % cfg.micro_batch_size:
+        raise UserError(f"--micro-batch-size {cfg.micro_batch_size}: expected a whole number >= 1 that divides "
+                        f"each process's batch (--batch-size {cfg.batch_size} over {world_size} process(es): "
+                        f"{per_process} images)")
+    steps = per_process // cfg.micro_batch_size
+    if cfg.grad_accum_steps not in (0, 1, steps):
+        raise UserError(f"--grad-accum-steps {cfg.grad_accum_steps} and --micro-batch-size {cfg.micro_batch_size} "
+                        f"disagree: {per_process} images per process in micro-batches of {cfg.micro_batch_size} "
+                        f"are {steps} micro-batches; give one of the two flags (or --grad-accum-steps auto)")
+    return dataclasses.replace(cfg, grad_accum_steps=steps)
+
+
 def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
            resume_dir: str | Path | None = None, locks: list | None = None) -> runs.RunResults | None:
     locks = [] if locks is None else locks
@@ -610,6 +631,7 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
     if cfg.batch_size % env.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                         f"{env.world_size} processes")
+    cfg = resolve_grad_accum(cfg, env.world_size)
     if cfg.grad_accum_steps < 1 or (cfg.batch_size // env.world_size) % cfg.grad_accum_steps:
         raise UserError(f"--grad-accum-steps {cfg.grad_accum_steps}: expected a whole number >= 1 that divides "
                         f"each process's batch ({cfg.batch_size} over {env.world_size} process(es): "
