@@ -19,7 +19,7 @@ class Recording(Logger):
     def note(self, line):
         self.calls.append(("note", line))
 
-    def close(self):
+    def close(self, status="finished"):
         self.calls.append(("close",))
 
 

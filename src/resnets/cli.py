@@ -93,7 +93,8 @@ def _print_summary(results: RunResults) -> None:
           f"{results.train_hours * 3600:.1f} s wall  nan-grad steps {results.nan_grad_steps}  "
           f"on {results.device}")
     print(f"run directory: {results.run_dir}")
-    print(f"curves: tensorboard --logdir {Path(results.run_dir) / TENSORBOARD_DIR}")
+    if (Path(results.run_dir) / TENSORBOARD_DIR).is_dir():
+        print(f"curves: tensorboard --logdir {Path(results.run_dir) / TENSORBOARD_DIR}")
 
 
 def _zoo(args: argparse.Namespace) -> int:

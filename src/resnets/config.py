@@ -165,6 +165,9 @@ class TrainConfig:
     out: str | None = field(default=None, metadata=dict(
         help="exact run directory (new, or a run of the same recipe, which is continued)"))
     progress: bool = field(default=True, metadata=dict(help="show a progress bar"))
+    logger: str = field(default="tensorboard", metadata=dict(
+        help="where the run's log goes besides its own files: tensorboard, mlflow (MLFLOW_TRACKING_URI), "
+             "wandb (WANDB_PROJECT, WANDB_MODE), comma-separated for several, or none"))
     preset: str | None = field(default=None, metadata=dict(help="the preset this config started from"))
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,6 +54,7 @@ BEST_WEIGHTS = "checkpoints/best.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
 EVAL_FILE = "eval.json"
 MEMBER_PREFIX = "member_"
+TRACKERS_FILE = "trackers.json"  # the MLflow / W&B run ids of this run, so a resume continues them
 LOCK_FILE = "train.lock"  # held (flock) by the process training the run; its host and PID inside
 
 WEIGHTS = ("best", "final", "last")

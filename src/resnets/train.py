@@ -55,7 +55,7 @@ from .models.stats import count_parameters
 from .models.sync_batchnorm import convert_to_cross_process_bn
 from .prediction import Restartable, predict_dataset
 from .recipe import build_optimizer, build_run_model, parameter_groups
-from .run_log import RunLog
+from .run_log import RunLog, logger_names
 
 # Seed 001 measures throughput over the last 5,000 iterations.
 THROUGHPUT_WINDOW = 5000
@@ -219,7 +219,9 @@ class _Trainer:
             step_model = torch.compile(step_model)
         self.step_model = step_model
 
-        self.run_log = RunLog.open(run_dir, env, self.progress.iteration if restored is not None else None)
+        self.run_log = RunLog.open(run_dir, env, self.progress.iteration if restored is not None else None,
+                                   names=logger_names(cfg.logger), config=cfg.to_dict(),
+                                   run_name=cfg.name or run_dir.name)
         self.checkpoints.remove_stale_temporaries()
         if env.is_main and restored is not None:
             notes = [f"{problem}; continuing from {restored.path}, nothing lost beyond it"
@@ -464,7 +466,7 @@ class _Trainer:
         if self.env.is_main:
             self.run_log.note(message)
             print(f"resnets train: {message}", file=sys.stderr, flush=True)
-            self.run_log.close()
+            self.run_log.close("stopped")
         barrier(self.env)
         raise TrainingStopped(message, signal_name=name, iteration=it, checkpoint=last,
                               resume_command=self.resume_command)
@@ -637,6 +639,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
                         f"each process's batch ({cfg.batch_size} over {env.world_size} process(es): "
                         f"{cfg.batch_size // env.world_size} images) into equal micro-batches")
     check_mixing_options(cfg)
+    if env.is_main:
+        logger_names(cfg.logger)  # an unknown name or a missing package, before anything is written
     if dataset_spec(cfg.data).eval_only:
         raise UserError(f"--data {cfg.data} has no training split: it is a test set for `resnets eval "
                         f"RUN_DIR --shift-data {cfg.data}`")
@@ -762,6 +766,7 @@ def _finish(trainer: _Trainer) -> runs.RunResults | None:
         model=cfg.model, width=cfg.width, data=cfg.data, image_size=data.image_size,
         batch_size=cfg.batch_size, seed=cfg.seed, preset=cfg.preset, run_dir=str(trainer.run_dir))
     runs.write_results(trainer.run_dir, results)
+    trainer.run_log.finished(dict(best, iter=best_iter))
     trainer.run_log.close()
     return results
 
