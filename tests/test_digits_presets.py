@@ -22,6 +22,7 @@ METHOD_PRESETS = {
     "digits-resnet20-swag": "swag",
     "digits-resnet20-sngp": "sngp",
     "digits-resnet20-heteroscedastic": "heteroscedastic",
+    "digits-resnet20-rank1": "rank1",
 }
 # The CLI's own overrides for a smoke run. SWAG also needs a weight snapshot within those 2
 # iterations (its preset collects every 5 steps over the last quarter), and 2 weight samples
@@ -48,7 +49,7 @@ def test_method_presets_are_the_default_job_plus_method_options(name):
     # Everything that is not a method option is the default job's, unless the preset says why.
     shared = {k: v for k, v in DIGITS.items() if k in preset and preset[k] == v}
     assert {"data", "model", "width", "image_size", "augment", "head_bias", "head_init"} <= set(shared)
-    if METHOD_PRESETS[name] in ("batchensemble", "ensemble"):
+    if METHOD_PRESETS[name] in ("batchensemble", "ensemble", "rank1"):
         assert preset["ensemble_size"] == 4
 
 
@@ -67,7 +68,7 @@ def test_method_preset_trains_two_iterations_at_16px(name, tmp_path, capsys):
     assert results["method"] == METHOD_PRESETS[name] and results["preset"] == name
     assert results["iters"] == 2 and results["image_size"] == 16
     assert 0.0 <= results["tst/acc"] <= 1.0 and results["tst/nll"] > 0
-    if name.endswith(("batchensemble", "ensemble")):
+    if name.endswith(("batchensemble", "ensemble", "rank1")):
         assert results["ensemble_size"] == 4
 
 

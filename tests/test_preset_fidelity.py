@@ -233,6 +233,47 @@ RECIPE += [dict(row, family="ub-sngp" if row["presets"] == UB_SNGP else "ub-het"
          source=f"{UB_HE} l.87: num_mc_samples 5000; {UB_MHE}: train_mc_samples = test_mc_samples"),
 ]]
 
+# --- seed 000's folder, rank-1 BNN (issue 20) -----------------------------------------------
+# Flag lines as counted in the stored copy (docs/preset_sources.md, "Rank-1 BNN").
+UB_R1 = ("ub-imagenet-resnet50-rank1",)
+UB_RB = "google/uncertainty-baselines baselines/imagenet/rank1_bnn.py (0b3a777c)"
+UB_MR = "google/uncertainty-baselines uncertainty_baselines/models/resnet50_rank1.py"
+UB_RU = "google/uncertainty-baselines uncertainty_baselines/models/rank1_bnn_utils.py"
+RECIPE += [dict(row, presets=UB_R1, family="ub-rank1") for row in [
+    dict(field="method", expected="rank1", source=UB_RB),
+    dict(field="batch_size", expected=1024,
+         source=f"{UB_RB} l.57, l.58, l.97: (per_core_batch_size 128 // ensemble_size 4) x num_cores 32"),
+    dict(field="total_iters", expected=135 * 1251, source=f"{UB_RB} l.78: train_epochs 135, 1281167 // 1024 steps"),
+    dict(field="peak_lr", expected=0.4, source=f"{UB_RB} l.62: base_learning_rate 0.1; main(): * batch_size / 256"),
+    dict(field="schedule", expected="step", source=f"{UB_RB} l.108-110 _LR_SCHEDULE; {UB_U}"),
+    dict(field="lr_decay", expected=0.1, source=f"{UB_RB} l.108-110: multipliers 1.0, 0.1, 0.01, 0.001"),
+    dict(field="warmup_iters", expected=7 * 1251, source=f"{UB_U}: warmup (5 * 135) // 90 = 7 epochs"),
+    dict(field="milestones_iters", expected=[45 * 1251, 90 * 1251, 120 * 1251],
+         source=f"{UB_U}: start_epoch * 135 // 90 for 30, 60, 80"),
+    dict(field="momentum", expected=0.9, source=f"{UB_RB} main(): SGD(momentum=0.9)"),
+    dict(field="nesterov", expected=True, source=f"{UB_RB} main(): SGD(nesterov=True)"),
+    dict(field="weight_decay", expected=2e-4, source=f"{UB_RB} l.70: l2 1e-4; compute_l2_loss: l2 * 2 * l2_loss"),
+    dict(field="decay_bn", expected=False,
+         source=f"{UB_RB} compute_l2_loss: names with kernel/batch_norm/bias; {UB_MR} names BN bn*_branch*, bn_conv1"),
+    dict(field="seed_precision", expected="bf16", source=f"{UB_RB} l.96: use_bfloat16 True"),
+    dict(field="image_size", expected=224, source=f"{UB_RB} main(): input_shape (224, 224, 3)"),
+    dict(field="label_smoothing", expected=0.0, source=f"{UB_RB} train step: plain cross-entropy"),
+    dict(field="head_init", expected="normal", source=f"{UB_MR}: fc1000 kernel RandomNormal(stddev=0.01)"),
+    dict(field="zero_init_last_bn", expected=False, source=f"{UB_MR}: BatchNormalization with gamma 1"),
+    dict(field="bn_momentum", expected=0.1, source=f"{UB_MR}: BATCH_NORM_DECAY 0.9 (TF) = 0.1 (PyTorch)"),
+    dict(field="dropout", expected=0.0, source=f"{UB_MR}: no dropout layer"),
+    dict(field="ensemble_size", expected=4, source=f"{UB_RB} l.57: ensemble_size 4"),
+    dict(field="fast_weight_lr_mult", expected=1.0, source=f"{UB_RB} l.71: fast_weight_lr_multiplier 1.0"),
+    dict(field="rank1_posterior", expected="normal",
+         source=f"{UB_RB} l.45, l.47: trainable_normal; l.49, l.51: normal_kl_divergence"),
+    dict(field="rank1_prior_stddev", expected=0.05, source=f"{UB_RB} l.67: prior_stddev 0.05; {UB_MR}: mean 1."),
+    dict(field="rank1_random_sign_init", expected=0.75, source=f"{UB_RB} l.59: random_sign_init 0.75"),
+    dict(field="rank1_dropout_rate", expected=1e-3, source=f"{UB_RB} l.64: dropout_rate 1e-3; {UB_RU}"),
+    dict(field="kl_annealing_epochs", expected=90.0, source=f"{UB_RB} l.43: kl_annealing_epochs 90"),
+    dict(field="rank1_eval_samples", expected=1, source=f"{UB_RB} l.90: num_eval_samples 1"),
+]]
+
+
 def _effective(cfg: TrainConfig, field: str) -> Any:
     """The value a run of `cfg` uses for `field` (durations in iterations at ImageNet size)."""
     if field in ("total_iters", "warmup_iters", "milestones_iters", "peak_lr"):

@@ -45,11 +45,12 @@ class TrainConfig:
     freeze: int = field(default=0, metadata=dict(
         help="freeze the stem and the first N stages (no gradients; their BN keeps its running statistics)"))
     method: str = field(default="deterministic", metadata=dict(
-        help="deterministic, batchensemble, mcdropout, swa, swag, sngp, heteroscedastic, or ensemble "
+        help="deterministic, batchensemble, mcdropout, swa, swag, sngp, heteroscedastic, rank1, or ensemble "
              "(ensemble_size runs, seeds seed+k)"))
-    ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble or ensemble"))
+    ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble, rank1 or ensemble"))
     be_init: str = field(default="normal", metadata=dict(help="BatchEnsemble fast-weight init: normal or random_sign"))
-    fast_weight_lr_mult: float = field(default=0.25, metadata=dict(help="BatchEnsemble fast-weight LR multiplier"))
+    fast_weight_lr_mult: float = field(default=0.25, metadata=dict(
+        help="BatchEnsemble and rank1: LR multiplier of the per-member factors, biases and BN"))
     mc_samples: int = field(default=10, metadata=dict(help="MC dropout test samples"))
     swa_start: float = field(default=0.75, metadata=dict(help="SWA/SWAG: fraction of training before collecting"))
     swa_every: int = field(default=100, metadata=dict(help="SWA/SWAG: iterations between snapshots"))
@@ -76,6 +77,22 @@ class TrainConfig:
     het_temperature: float = field(default=1.5, metadata=dict(help="heteroscedastic: softmax temperature"))
     het_mc_samples: int = field(default=5000, metadata=dict(
         help="heteroscedastic: MC samples of the logits (training and test)"))
+
+    # Rank-1 BNN (defaults: uncertainty-baselines baselines/imagenet/rank1_bnn.py's flags; it also
+    # uses ensemble_size and fast_weight_lr_mult).
+    rank1_posterior: str = field(default="normal", metadata=dict(
+        help="rank1: distribution of the rank-1 factors, normal (UB's trainable_normal with "
+             "normal_kl_divergence) or cauchy (trainable_cauchy with cauchy_kl_divergence)"))
+    rank1_prior_stddev: float = field(default=0.05, metadata=dict(
+        help="rank1: scale of the prior N(1, s) or Cauchy(1, s) of every factor"))
+    rank1_random_sign_init: float = field(default=0.75, metadata=dict(
+        help="rank1: factor locations start +-1 with P(+1) = value (> 0), or N(1, -value) (< 0)"))
+    rank1_dropout_rate: float = field(default=1e-3, metadata=dict(
+        help="rank1: the factor scales start at sqrt(p / (1 - p)) for this p"))
+    kl_annealing_epochs: float = field(default=90.0, metadata=dict(
+        help="rank1: epochs over which the KL weight rises linearly to 1 (0: 1 from the start)"))
+    rank1_eval_samples: int = field(default=1, metadata=dict(
+        help="rank1: sampled forward passes per member at test time (UB's num_eval_samples)"))
 
     # Data.
     data: str = field(default="digits", metadata=dict(help="dataset: digits, cifar10, cifar100, tinyimagenet, "

@@ -110,6 +110,21 @@ def _seed000_presets() -> dict[str, dict[str, Any]]:
             milestones="60ep,120ep,160ep",                         # H: decay (180 * 30|60|80) // 90
             het_num_factors=15, het_temperature=1.5,               # H: num_factors 15, temperature 1.5
             het_mc_samples=5000),                                  # H: num_mc_samples 5000 (train and test)
+        # R = baselines/imagenet/rank1_bnn.py (commit 0b3a777c), MR = models/resnet50_rank1.py,
+        # RU = models/rank1_bnn_utils.py; the schedule is utils.LearningRateSchedule's, as for B.
+        "ub-imagenet-resnet50-rank1": dict(
+            _SEED000, method="rank1", ensemble_size=4,   # R: ensemble_size 4
+            # R: per_core_batch_size 128 // 4 members x 32 cores unique images, tiled once per member.
+            batch_size=1024, iters="135ep",              # R: train_epochs 135
+            warmup="7ep",                                # U: (5 * 135) // 90 epochs
+            milestones="45ep,90ep,120ep",                # U: (135 * 30|60|80) // 90
+            fast_weight_lr_mult=1.0,                     # R: fast_weight_lr_multiplier 1.0
+            rank1_posterior="normal",                    # R: alpha/gamma trainable_normal, normal_kl_divergence
+            rank1_prior_stddev=0.05,                     # R: prior_stddev 0.05 (MR: prior mean 1.)
+            rank1_random_sign_init=0.75,                 # R: random_sign_init 0.75 (P(+1) of the locations)
+            rank1_dropout_rate=1e-3,                     # R: dropout_rate 1e-3 (RU: initial scale sqrt(p/(1-p)))
+            kl_annealing_epochs=90,                      # R: kl_annealing_epochs 90
+            rank1_eval_samples=1),                       # R: num_eval_samples 1
     }
 
 
@@ -206,6 +221,17 @@ DIGITS_METHODS = {
         # job's iterations. Seed 1, clean test NLL: 300 iterations 0.031 (acc 99.4%), 600 0.0126
         # (99.4%), temperature 1.0 at 300 0.042; the deterministic seed 1 measured alongside: 0.0126.
         het_num_factors=3, het_temperature=1.5, het_mc_samples=1000, iters="600"),
+    "digits-resnet20-rank1": dict(
+        DIGITS, method="rank1",
+        ensemble_size=4,            # UB's 4 members; each image is tiled 4x, as for BatchEnsemble
+        # UB's CIFAR rank-1 flags (baselines/cifar/rank1_bnn.py) rather than ImageNet's for this small job:
+        # prior N(1, 0.1), random-sign locations with P(+1) = 0.5, the KL annealed over 200 of 250
+        # epochs, here 25 of the ~31 epochs of 600 iterations. The KL / 1257 images is large against
+        # the cross-entropy (each factor far from 1 costs ~200 nats / 1257), so the annealing matters.
+        rank1_prior_stddev=0.1, rank1_random_sign_init=0.5, kl_annealing_epochs=25,
+        fast_weight_lr_mult=1.0,    # UB's 1.0 (both files)
+        rank1_eval_samples=1,       # UB's num_eval_samples 1
+        iters="600"),               # BatchEnsemble's digits length (4 members need more steps)
 }
 
 # Fine-tuning torchvision's ImageNet ResNet-50 on a folder of your own images (--data imagenet reads

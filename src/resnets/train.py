@@ -351,7 +351,12 @@ class _Trainer:
         with autocast(self.device, self.precision):
             logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-        self.scaler.scale(loss / micro_batches if micro_batches > 1 else loss).backward()
+        objective = loss
+        extra = self.method.extra_loss(self.model, self.progress.iteration, self.schedule.steps_per_epoch,
+                                       len(self.data.train))
+        if extra is not None:  # e.g. rank-1 BNN's annealed KL; the logged loss stays the cross-entropy
+            objective = loss + extra
+        self.scaler.scale(objective / micro_batches if micro_batches > 1 else objective).backward()
         # Running training statistics stay on the device until the next log point.
         hard = y if y.dim() == 1 else y.argmax(-1)
         sums[0] += loss.detach().float() * y.shape[0]

@@ -10,6 +10,7 @@ from .batchensemble import BatchEnsemble
 from .ensemble import DeepEnsemble, check_compatible
 from .heteroscedastic import Heteroscedastic
 from .mcdropout import MCDropout
+from .rank1 import Rank1
 from .sngp import SNGP
 from .swag import SWA, SWAG
 from .temperature import apply_temperature, fit_temperature
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {
     "ensemble": DeepEnsemble,
     "sngp": SNGP,
     "heteroscedastic": Heteroscedastic,
+    "rank1": Rank1,
 }
 
 
@@ -58,7 +60,7 @@ def build_method(name: str, **options: Any) -> Method:
 
 
 __all__ = [
-    "METHODS", "SNGP", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "Heteroscedastic", "MCDropout", "Method",
+    "METHODS", "SNGP", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "Heteroscedastic", "MCDropout", "Method", "Rank1",
     "Prediction",
     "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_class",
     "method_from_config", "method_options",

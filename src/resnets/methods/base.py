@@ -2,7 +2,7 @@
 
 A method never copies the model or the loop: it may convert the model once
 (`prepare_model`), reshape a training batch (`train_batch`), act when an epoch begins
-(`on_epoch_start`), collect state after a step (`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
+(`on_epoch_start`), add a term to the loss (`extra_loss`), collect state after a step (`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
 it is (the class attributes below and `from_config`), so that the loop, the evaluator and the
 report ask it instead of testing its name. The deterministic method is this base class itself.
 """
@@ -73,6 +73,17 @@ class Method:
 
     def after_step(self, model: nn.Module, iteration: int, total_iters: int) -> None:
         """Called after every optimizer step with the 1-based number of steps done."""
+
+    def extra_loss(self, model: nn.Module, iteration: int, steps_per_epoch: int,
+                   train_size: int) -> torch.Tensor | None:
+        """A term the loop adds to each micro-batch's cross-entropy (None: nothing), e.g. a KL.
+
+        Called inside the training step for the 0-based `iteration` being taken, with the epoch
+        length in steps and the number of training images (a per-dataset term such as an ELBO's
+        KL is divided by it). The term is differentiated with the loss and, like it, divided by
+        --grad-accum-steps, so each optimizer step adds it once. `model` is the unwrapped model.
+        """
+        return None
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> Prediction:

@@ -113,27 +113,34 @@ class BatchEnsembleLinear(nn.Module):
                f"bias={self.bias is not None}"
 
 
-def _convert(module: nn.Module, members: int, init: str) -> int:
+def _convert(module: nn.Module, members: int, *options, conv: type = BatchEnsembleConv2d,
+             linear: type = BatchEnsembleLinear) -> int:
+    """Replace every Conv2d and Linear by `conv(child, members, *options)` / `linear(...)` (rank1.py
+    passes its own subclasses); the number replaced."""
     converted = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d):
-            setattr(module, name, BatchEnsembleConv2d(child, members, init))
+            setattr(module, name, conv(child, members, *options))
             converted += 1
         elif isinstance(child, nn.Linear):
-            setattr(module, name, BatchEnsembleLinear(child, members, init))
+            setattr(module, name, linear(child, members, *options))
             converted += 1
         else:
-            converted += _convert(child, members, init)
+            converted += _convert(child, members, *options, conv=conv, linear=linear)
     return converted
 
 
 def fast_weight_names(model: nn.Module) -> tuple[set[str], set[str]]:
-    """Names of (r/s factors, per-member biases) in a converted model."""
+    """Names of (r/s factors, per-member biases) in a converted model.
+
+    The factors are every per-member parameter of a layer but its shared weight and its bias
+    (BatchEnsemble's r and s; rank-1 BNN's adds the scales r_rho and s_rho).
+    """
     factors, biases = set(), set()
     for mod_name, mod in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         if isinstance(mod, (BatchEnsembleConv2d, BatchEnsembleLinear)):
-            factors.update({prefix + "r", prefix + "s"})
+            factors.update(prefix + n for n, _ in mod.named_parameters(recurse=False) if n not in ("weight", "bias"))
         if isinstance(mod, BatchEnsembleLinear) and mod.bias is not None:
             biases.add(prefix + "bias")
     return factors, biases
