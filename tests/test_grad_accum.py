@@ -1,6 +1,6 @@
 """--grad-accum-steps: the optimizer sees the mean gradient of the micro-batches, the schedule
 counts optimizer steps, and a run stopped or killed inside an accumulation window resumes
-bit-identical (the 2-process torchrun case is not covered here)."""
+bit-identical (2-process torchrun with accumulation: tests/test_distributed.py)."""
 from __future__ import annotations
 
 import copy
@@ -13,10 +13,10 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from no_batchnorm import build_run_model
 from resnets import train as train_module
 from resnets.cli import main
 from resnets.config import TrainConfig
-from resnets.methods import method_from_config
 from resnets.runs import CONFIG_FILE
 from resnets.train import STOPPED_EXIT_STATUS, train
 
@@ -29,23 +29,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
 
 
-class NoBatchNorm(nn.Module):
-    """A small convolutional classifier without BN, so micro-batches do not interact."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
 def test_the_optimizer_sees_the_mean_of_the_four_micro_batch_gradients(tmp_path, monkeypatch):
-    def build_run_model(cfg, num_classes, image_size, method=None, notes=None):
-        torch.manual_seed(cfg.seed)
-        return NoBatchNorm(num_classes), method_from_config(cfg) if method is None else method
-
     monkeypatch.setattr(train_module, "build_run_model", build_run_model)
     expected, handed = [], []
     step = train_module._Trainer.step
