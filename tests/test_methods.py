@@ -519,7 +519,7 @@ def test_check_compatible():
 
 def test_build_method():
     assert set(METHODS) == {"deterministic", "batchensemble", "mcdropout", "swa", "swag", "ensemble", "sngp",
-                            "heteroscedastic", "rank1"}
+                            "heteroscedastic", "rank1", "mimo"}
     assert type(build_method("deterministic")) is Method
     method = build_method("batchensemble", ensemble_size=2, fast_weight_lr_mult=0.5)
     assert isinstance(method, BatchEnsemble) and method.members == 2

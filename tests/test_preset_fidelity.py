@@ -273,6 +273,39 @@ RECIPE += [dict(row, presets=UB_R1, family="ub-rank1") for row in [
     dict(field="rank1_eval_samples", expected=1, source=f"{UB_RB} l.90: num_eval_samples 1"),
 ]]
 
+# --- seed 000's folder, MIMO (issue 20) -----------------------------------------------------
+# Flag lines as counted in the stored copy (docs/preset_sources.md, "MIMO").
+UB_MX = ("ub-imagenet-resnet50-mimo",)
+UB_XB = "google/uncertainty-baselines baselines/imagenet/mimo.py (039e75ec)"
+UB_XM = "google/uncertainty-baselines uncertainty_baselines/models/resnet50_mimo.py"
+RECIPE += [dict(row, presets=UB_MX, family="ub-mimo") for row in [
+    dict(field="method", expected="mimo", source=UB_XB),
+    dict(field="ensemble_size", expected=2, source=f"{UB_XB} l.30: ensemble_size 2"),
+    dict(field="mimo_input_repetition", expected=0.6, source=f"{UB_XB} l.31: input_repetition_probability 0.6"),
+    dict(field="mimo_batch_repetitions", expected=2, source=f"{UB_XB} l.34: batch_repetitions 2"),
+    dict(field="batch_size", expected=2048,
+         source=f"{UB_XB} l.39, l.63, main(): per_core_batch_size 128 x num_cores 32 // batch_repetitions 2"),
+    dict(field="total_iters", expected=150 * 625, source=f"{UB_XB} l.54: train_epochs 150, 1281167 // 2048 steps"),
+    dict(field="peak_lr", expected=0.8, source=f"{UB_XB} l.41: base_learning_rate 0.1; main(): * 2048 / 256"),
+    dict(field="schedule", expected="step", source=f"{UB_XB} main(): WarmUpPiecewiseConstantSchedule"),
+    dict(field="lr_decay", expected=0.1, source=f"{UB_XB} main(): decay_ratio=0.1"),
+    dict(field="warmup_iters", expected=5 * 625, source=f"{UB_XB} main(): warmup_epochs=5"),
+    dict(field="milestones_iters", expected=[50 * 625, 100 * 625, 133 * 625],
+         source=f"{UB_XB} main(): decay_epochs (150 * 30|60|80) // 90"),
+    dict(field="momentum", expected=0.9, source=f"{UB_XB} l.43: one_minus_momentum 0.1"),
+    dict(field="nesterov", expected=True, source=f"{UB_XB} main(): SGD(nesterov=True)"),
+    dict(field="weight_decay", expected=2e-4, source=f"{UB_XB} l.49: l2 1e-4; train step: l2 * 2 * tf.nn.l2_loss"),
+    dict(field="decay_bn", expected=False, source=f"{UB_XB} train step: only 'kernel' or 'bias' variables"),
+    dict(field="seed_precision", expected="bf16", source=f"{UB_XB} l.62: use_bfloat16 True"),
+    dict(field="image_size", expected=224, source=f"{UB_XB} main(): input_shape (ensemble_size, 224, 224, 3)"),
+    dict(field="label_smoothing", expected=0.0, source=f"{UB_XB} train step: plain cross-entropy"),
+    dict(field="head_init", expected="normal", source=f"{UB_XM}: fc1000 RandomNormal(stddev=0.01)"),
+    dict(field="zero_init_last_bn", expected=False, source=f"{UB_XM}: BatchNormalization with gamma 1"),
+    dict(field="bn_momentum", expected=0.1, source=f"{UB_XM}: BATCH_NORM_DECAY 0.9 (TF) = 0.1 (PyTorch)"),
+    dict(field="dropout", expected=0.0, source=f"{UB_XM}: no dropout layer"),
+    dict(field="width", expected=1, source=f"{UB_XB} l.37: width_multiplier 1"),
+]]
+
 
 def _effective(cfg: TrainConfig, field: str) -> Any:
     """The value a run of `cfg` uses for `field` (durations in iterations at ImageNet size)."""
@@ -365,7 +398,7 @@ def _group_of(groups) -> dict[int, dict]:
 
 
 @pytest.mark.parametrize("preset", ["ub-imagenet-resnet50-deterministic", "ub-imagenet-resnet50-batchensemble",
-                                    "resnetrs50-i160"])
+                                    "resnetrs50-i160", "ub-imagenet-resnet50-mimo"])
 def test_built_model_and_optimizer_follow_the_source(preset):
     cfg, model, groups = _built(preset)
     head = model.fc.weight if hasattr(model.fc, "weight") else model.fc.linear.weight

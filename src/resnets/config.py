@@ -45,9 +45,9 @@ class TrainConfig:
     freeze: int = field(default=0, metadata=dict(
         help="freeze the stem and the first N stages (no gradients; their BN keeps its running statistics)"))
     method: str = field(default="deterministic", metadata=dict(
-        help="deterministic, batchensemble, mcdropout, swa, swag, sngp, heteroscedastic, rank1, or ensemble "
+        help="deterministic, batchensemble, mcdropout, swa, swag, sngp, heteroscedastic, rank1, mimo, or ensemble "
              "(ensemble_size runs, seeds seed+k)"))
-    ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble, rank1 or ensemble"))
+    ensemble_size: int = field(default=4, metadata=dict(help="members of batchensemble, rank1, mimo (its inputs and heads) or ensemble"))
     be_init: str = field(default="normal", metadata=dict(help="BatchEnsemble fast-weight init: normal or random_sign"))
     fast_weight_lr_mult: float = field(default=0.25, metadata=dict(
         help="BatchEnsemble and rank1: LR multiplier of the per-member factors, biases and BN"))
@@ -93,6 +93,13 @@ class TrainConfig:
         help="rank1: epochs over which the KL weight rises linearly to 1 (0: 1 from the start)"))
     rank1_eval_samples: int = field(default=1, metadata=dict(
         help="rank1: sampled forward passes per member at test time (UB's num_eval_samples)"))
+    # MIMO (defaults: uncertainty-baselines baselines/imagenet/mimo.py's flags; it also uses ensemble_size).
+    mimo_input_repetition: float = field(default=0.6, metadata=dict(
+        help="mimo: fraction of each training batch whose rows give every input the same image "
+             "(UB's input_repetition_probability)"))
+    mimo_batch_repetitions: int = field(default=2, metadata=dict(
+        help="mimo: times each image of a training batch appears in it (UB's batch_repetitions; the step runs "
+             "batch x this rows)"))
 
     # Data.
     data: str = field(default="digits", metadata=dict(help="dataset: digits, cifar10, cifar100, tinyimagenet, "

@@ -181,7 +181,7 @@ def build_exported_model(request: ExportRequest) -> tuple[ExportedModel, dict[st
     description = dict(
         method=info["method"], **({"base_method": info["base_method"]} if "base_method" in info else {}),
         exported_as=exported_as, members=wrapper.num_members,
-        member_kind="runs" if len(models) > 1 else ("batchensemble members" if rule.members > 1 else "none"),
+        member_kind="runs" if len(models) > 1 else (f"{info['method']} members" if rule.members > 1 else "none"),
         runs=eval_args.runs, weights=request.weights, weight_files=[str(p) for p in weight_files],
         model=cfg.model, width=cfg.width, data=cfg.data, image_size=data.image_size, num_classes=data.num_classes,
         mean=[float(v) for v in mean], std=[float(v) for v in std],
@@ -228,7 +228,7 @@ def export_runs(request: ExportRequest) -> dict[str, Any]:
                     else ["batch", description["num_classes"]],
                     text=(f"each of the {members} members' class probabilities; their mean over the first axis is "
                           "the predictive distribution") if request.members
-                    else "class probabilities (the members' average for ensembles and BatchEnsemble)"),
+                    else "class probabilities (the members' average for methods with members)"),
         dynamic_batch=True, **description, torch=torch.__version__,
     )
     path = request.out

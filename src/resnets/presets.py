@@ -125,6 +125,15 @@ def _seed000_presets() -> dict[str, dict[str, Any]]:
             rank1_dropout_rate=1e-3,                     # R: dropout_rate 1e-3 (RU: initial scale sqrt(p/(1-p)))
             kl_annealing_epochs=90,                      # R: kl_annealing_epochs 90
             rank1_eval_samples=1),                       # R: num_eval_samples 1
+        # X = baselines/imagenet/mimo.py (commit 039e75ec), MX = models/resnet50_mimo.py.
+        "ub-imagenet-resnet50-mimo": dict(
+            _SEED000, method="mimo", ensemble_size=2,    # X: ensemble_size 2
+            mimo_input_repetition=0.6,                   # X: input_repetition_probability 0.6
+            mimo_batch_repetitions=2,                    # X: batch_repetitions 2
+            # X: per_core_batch_size 128 x num_cores 32 // batch_repetitions 2 unique images, each
+            # repeated twice in the step's 4096 rows; base LR 0.1 x 2048 / 256.
+            batch_size=2048, iters="150ep",              # X: train_epochs 150
+            milestones="50ep,100ep,133ep"),              # X main(): (150 * 30|60|80) // 90
     }
 
 
@@ -232,6 +241,11 @@ DIGITS_METHODS = {
         fast_weight_lr_mult=1.0,    # UB's 1.0 (both files)
         rank1_eval_samples=1,       # UB's num_eval_samples 1
         iters="600"),               # BatchEnsemble's digits length (4 members need more steps)
+    "digits-resnet20-mimo": dict(
+        DIGITS, method="mimo",
+        ensemble_size=2,            # UB's 2 inputs and heads (ResNet-20's 16 stem channels hold 2 images)
+        mimo_input_repetition=0.6, mimo_batch_repetitions=2,  # UB's flags: 2x the rows per step
+        iters="600"),
 }
 
 # Fine-tuning torchvision's ImageNet ResNet-50 on a folder of your own images (--data imagenet reads

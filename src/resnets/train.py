@@ -351,7 +351,7 @@ class _Trainer:
         with autocast(self.device, self.precision):
             logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-        objective = loss
+        objective = loss * self.method.loss_scale if self.method.loss_scale != 1.0 else loss
         extra = self.method.extra_loss(self.model, self.progress.iteration, self.schedule.steps_per_epoch,
                                        len(self.data.train))
         if extra is not None:  # e.g. rank-1 BNN's annealed KL; the logged loss stays the cross-entropy
@@ -632,6 +632,8 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv, runtime: Runtime,
            resume_dir: str | Path | None = None, locks: list | None = None) -> runs.RunResults | None:
     locks = [] if locks is None else locks
     method = method_class(cfg.method)
+    if not method.separate_runs:
+        method.from_config(cfg)  # its option errors (e.g. --ensemble-size 0) before a run directory exists
     if cfg.ema_decay and method.averages_weights:
         raise UserError(f"--ema-decay and --method {cfg.method} both average weights and cannot be combined: "
                         "drop one of them")

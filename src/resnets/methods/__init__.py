@@ -10,6 +10,7 @@ from .batchensemble import BatchEnsemble
 from .ensemble import DeepEnsemble, check_compatible
 from .heteroscedastic import Heteroscedastic
 from .mcdropout import MCDropout
+from .mimo import MIMO
 from .rank1 import Rank1
 from .sngp import SNGP
 from .swag import SWA, SWAG
@@ -27,6 +28,7 @@ METHODS: dict[str, type[Method]] = {
     "sngp": SNGP,
     "heteroscedastic": Heteroscedastic,
     "rank1": Rank1,
+    "mimo": MIMO,
 }
 
 
@@ -60,7 +62,7 @@ def build_method(name: str, **options: Any) -> Method:
 
 
 __all__ = [
-    "METHODS", "SNGP", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "Heteroscedastic", "MCDropout", "Method", "Rank1",
+    "METHODS", "SNGP", "SWA", "SWAG", "BatchEnsemble", "DeepEnsemble", "Heteroscedastic", "MCDropout", "MIMO", "Method", "Rank1",
     "Prediction",
     "apply_temperature", "build_method", "check_compatible", "fit_temperature", "method_class",
     "method_from_config", "method_options",

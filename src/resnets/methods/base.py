@@ -2,9 +2,10 @@
 
 A method never copies the model or the loop: it may convert the model once
 (`prepare_model`), reshape a training batch (`train_batch`), act when an epoch begins
-(`on_epoch_start`), add a term to the loss (`extra_loss`), collect state after a step (`after_step`), and decide how probabilities are predicted (`predict`). It also declares what
-it is (the class attributes below and `from_config`), so that the loop, the evaluator and the
-report ask it instead of testing its name. The deterministic method is this base class itself.
+(`on_epoch_start`), weight the loss (`loss_scale`) or add a term to it (`extra_loss`), collect state
+after a step (`after_step`), and decide how probabilities are predicted (`predict`). It also
+declares what it is (the class attributes below and `from_config`), so that the loop, the
+evaluator and the report ask it instead of testing its name. The deterministic method is this base class itself.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ class Method:
     stateful = False
     # Whether it is trained as several separate runs rather than by one pass of the loop.
     separate_runs = False
+    # The factor on the loop's cross-entropy, the mean over the rows the model outputs for a
+    # training batch: MIMO's loss is the sum of its M heads' mean losses, M times that mean.
+    loss_scale = 1.0
 
     @classmethod
     def from_config(cls, cfg) -> "Method":

@@ -201,6 +201,23 @@ class Stem(nn.Module):
         return self.pool(x) if self.kind == "imagenet" else x
 
 
+def init_conv_(conv: nn.Conv2d) -> None:
+    """The zoo's convolution init (torchvision's ResNet): He normal over the fan-out."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def init_head_(fc: nn.Linear, head_init: str) -> None:
+    """--head-init: zero, normal (std 0.01, the TF recipes') or default (nn.Linear's own)."""
+    if head_init == "zero":
+        nn.init.zeros_(fc.weight)
+    elif head_init == "normal":
+        nn.init.normal_(fc.weight, std=0.01)
+    if head_init != "default" and fc.bias is not None:
+        nn.init.zeros_(fc.bias)
+
+
 def stage_drop_path_rates(layers: Sequence[int], rate: float, rule: str) -> list[list[float]]:
     """Stochastic-depth rate of every block.
 
@@ -271,6 +288,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_ch, num_classes, bias=head_bias)
+        self.head_init = head_init  # how a method that rebuilds the head (MIMO) initializes it
         self._init_weights(head_init, zero_init_last_bn)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -280,9 +298,7 @@ class ResNet(nn.Module):
     def _init_weights(self, head_init: str, zero_init_last_bn: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_conv_(m)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -291,12 +307,7 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, ResidualBlock):
                     nn.init.zeros_(m.last_bn.weight)
-        if head_init == "zero":
-            nn.init.zeros_(self.fc.weight)
-        elif head_init == "normal":
-            nn.init.normal_(self.fc.weight, std=0.01)
-        if head_init != "default" and self.fc.bias is not None:
-            nn.init.zeros_(self.fc.bias)
+        init_head_(self.fc, head_init)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, name) for name in self.stage_names]
