@@ -57,6 +57,8 @@ METHODS = [
     MethodSpec("deterministic-600", "Deterministic, 600 iterations", "digits-resnet20", flags=("--iters", "600")),
     MethodSpec("sngp", "SNGP", "digits-resnet20-sngp"),
     MethodSpec("heteroscedastic", "Heteroscedastic", "digits-resnet20-heteroscedastic"),
+    MethodSpec("rank1", "Rank-1 BNN (4)", "digits-resnet20-rank1"),
+    MethodSpec("mimo", "MIMO (3)", "digits-resnet20-mimo"),
 ]
 CLEAN = ("nll", "acc", "ece")
 CORRUPTED = ("corrupted/mean_nll", "corrupted/mean_acc", "corrupted/mean_ece")

@@ -23,6 +23,7 @@ METHOD_PRESETS = {
     "digits-resnet20-sngp": "sngp",
     "digits-resnet20-heteroscedastic": "heteroscedastic",
     "digits-resnet20-rank1": "rank1",
+    "digits-resnet20-mimo": "mimo",
 }
 # The CLI's own overrides for a smoke run. SWAG also needs a weight snapshot within those 2
 # iterations (its preset collects every 5 steps over the last quarter), and 2 weight samples
