@@ -18,7 +18,7 @@ from resnets import train as train_module
 from resnets.cli import main
 from resnets.config import TrainConfig
 from resnets.runs import CONFIG_FILE
-from resnets.train import STOPPED_EXIT_STATUS, train
+from resnets.train import train
 
 BASE = dict(data="digits", model="resnet20", image_size=16, eval_batch_size=512, progress=False, device="cpu",
             augment="crop", seed=0)
