@@ -8,8 +8,8 @@ ImageFolder layout. Peers, each with the same number of DataLoader workers and b
 - reference train: torchvision ImageFolder + RandomResizedCrop(S) + RandomHorizontalFlip +
   PILToTensor (PIL decode at full size), shuffled;
 - resnets train: ``resnets.data.train_batches`` on the same files (crop-flip; at 160 px also
-  with ResNet-RS's RandAugment, magnitude 10), normalized to float32 (on the CPU here: with a
-  GPU that step runs on the device);
+  with ResNet-RS's RandAugment, magnitude 10), uint8 N×3×S×S batches like the reference's (the
+  training loop normalizes them where the model runs: on the device with a GPU);
 - reference eval: ImageFolder + Resize(round(S/0.875)) + CenterCrop(S) + PILToTensor;
 - resnets eval: ``resnets.data.eval_batches``;
 - resnets on shards (``--only shards224,shards160,shardseval224``): the same JPEGs written once by
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                                                       "eval160,decoder,scaling,shards224,shards160,shardseval224,cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as markdown here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the main process only collects and normalizes: the workers are measured
+    torch.set_num_threads(1)  # the main process only collects uint8 batches: the workers are measured
     photographs_cache.extend(photographs())
     lines = []
 
@@ -195,12 +195,12 @@ def main(argv=None) -> int:
 
         def ours_train(size, randaugment=None, workers=args.workers, source=None):
             return lambda: train_batches(source or split, batch_size=args.batch_size, start_iteration=0, seed=0, device="cpu",
-                                         mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=size,
+                                         image_size=size,
                                          randaugment_magnitude=randaugment, num_workers=workers)
 
         def ours_eval(size, source=None):
-            return lambda: eval_batches(source or split, batch_size=args.batch_size, device="cpu", mean=IMAGENET_MEAN,
-                                        std=IMAGENET_STD, image_size=size, num_workers=args.workers)
+            return lambda: eval_batches(source or split, batch_size=args.batch_size, device="cpu",
+                                        image_size=size, num_workers=args.workers)
 
         def ref(size, train):
             return lambda: reference_loader(root, size, train, args.workers, args.batch_size)
@@ -224,8 +224,8 @@ def main(argv=None) -> int:
             if wanted is None or key in wanted:
                 results.append(paired(name, a, b, args.images, args.repeats, log))
         if wanted is None or "cpu" in wanted:
-            # Per CPU-second in one process (num_workers=0): robust to a loaded machine. Our side also
-            # normalizes to float32 here (the reference stops at uint8), which a GPU run does on the device.
+            # Per CPU-second in one process (num_workers=0): robust to a loaded machine. Both sides stop
+            # at uint8 batches (the training loop normalizes where the model runs).
             for size in (224, 160):
                 for source, what in ((split, "JPEGs"), (shard_split, "shards (320 px)")):
                     results.append(paired(

@@ -571,3 +571,40 @@ def test_official_split_sizes():
     from resnets.data.sources import VAL_FRACTION
 
     assert round(50_000 * VAL_FRACTION) == 9_040 and round(100_000 * VAL_FRACTION) == 18_080
+
+
+# ----------------------------------------------------------------------------- uint8 batches + Normalize
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folder_batches_are_uint8_and_normalize_gives_the_normalized_batches(folder_split, channels_last):
+    from resnets.data import Normalize
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    common = dict(batch_size=4, start_iteration=1, seed=13, device="cpu", image_size=16, num_workers=0,
+                  channels_last=channels_last)
+    raw = take(train_batches(folder_split, **common), 3)
+    normalized = take(train_batches(folder_split, mean=mean, std=std, **common), 3)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for (x, y), (xn, yn) in zip(raw, normalized):
+        assert x.dtype == torch.uint8 and x.shape == (4, 3, 16, 16) and x.is_contiguous(memory_format=layout)
+        assert xn.dtype == torch.float32 and xn.is_contiguous(memory_format=layout)
+        assert torch.equal(Normalize(mean, std)(x), xn) and torch.equal(y, yn)  # the same one normalization
+        expected = (x.double() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        assert torch.allclose(xn.double(), expected, atol=1e-5)
+    evaluated = next(eval_batches(folder_split, batch_size=4, device="cpu", image_size=16, num_workers=0))[0]
+    assert evaluated.dtype == torch.uint8 and evaluated.is_contiguous()
+
+
+def test_uint8_folder_batches_resume_exactly_across_worker_counts(folder_split):
+    common = dict(batch_size=4, seed=13, device="cpu", image_size=16)
+    straight = take(train_batches(folder_split, start_iteration=0, num_workers=0, **common), 5)
+    resumed = take(train_batches(folder_split, start_iteration=2, num_workers=2, **common), 3)
+    for (x, y), (x2, y2) in zip(straight[2:], resumed):
+        assert x.dtype == torch.uint8 and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_mean_without_std_is_refused(folder_split):
+    with pytest.raises(ValueError, match="mean and std"):
+        next(train_batches(folder_split, batch_size=4, start_iteration=0, seed=1, device="cpu", image_size=16,
+                           num_workers=0, mean=(0.5, 0.5, 0.5)))

@@ -313,4 +313,4 @@ def test_preset_transform_runs_on_a_decoded_image():
     Image.fromarray(smooth_image(200, 240).permute(1, 2, 0).numpy()).save(encoded, "JPEG", quality=90)
     torch.manual_seed(0)
     out = transform(encoded.getvalue(), "smooth.jpg")
-    assert out.shape == (160, 160, 3) and out.dtype == torch.uint8
+    assert out.shape == (3, 160, 160) and out.dtype == torch.uint8

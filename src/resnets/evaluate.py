@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import runs as run_files
-from .data import FolderSplit, ShardSplit, TensorSplit, dataset_spec, load_dataset, train_batches
+from .data import FolderSplit, Normalize, ShardSplit, TensorSplit, dataset_spec, load_dataset, train_batches
 from .data.corruptions import CORRUPTIONS, LEFT_OUT, corrupt, default_param_set
 from .devices import Runtime, resolve_runtime
 from .errors import UserError, writable_path
@@ -373,11 +373,12 @@ def finalize_for_eval(args: EvalRequest, request: RunData, model: nn.Module, met
     # The batches training's own finalize used: the stream from the last iteration on (rank 0's
     # share when it ran on several processes), a pure function of (seed, iteration).
     options = dict(batch_size=cfg.batch_size, start_iteration=int(resolved.get("total_iters", 0)), seed=cfg.seed,
-                   device=runtime.device, mean=own.mean, std=own.std, image_size=request.image_size,
+                   device=runtime.device, image_size=request.image_size,
                    augment=cfg.augment, randaugment_magnitude=cfg.randaugment_magnitude,
                    channels_last=runtime.channels_last, rank=0, world_size=int(resolved.get("world_size", 1)),
                    num_workers=runtime.num_workers)
-    method.finalize(model, Restartable(lambda: train_batches(own.train, **options)))
+    normalize = Normalize(own.mean, own.std, runtime.device)
+    method.finalize(model, Restartable(lambda: normalize.batches(train_batches(own.train, **options))))
     model.eval()
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import eval_batches
+from .data import Normalize, eval_batches
 from .devices import PRECISIONS, Runtime, autocast
 from .errors import UserError
 from .methods.base import Method
@@ -183,10 +183,10 @@ class Predictor:
         """A maker of fresh (x, y) streams over `split`; `image_hook(uint8 images, indices)` may
         change the images before normalization (e.g. corruptions)."""
         def make():
-            stream = eval_batches(split, batch_size=self.batch_size, device=self.runtime.device, mean=self.mean,
-                                  std=self.std, image_size=self.image_size,
-                                  channels_last=self.runtime.channels_last, num_workers=self.runtime.num_workers,
-                                  image_hook=image_hook)
+            stream = Normalize(self.mean, self.std, self.runtime.device).batches(eval_batches(
+                split, batch_size=self.batch_size, device=self.runtime.device, image_size=self.image_size,
+                channels_last=self.runtime.channels_last, num_workers=self.runtime.num_workers,
+                image_hook=image_hook))
             # OOD labels mean nothing to this model (and may exceed its classes).
             return ((x, torch.zeros_like(y)) for x, y in stream) if zero_labels else stream
         return make

@@ -44,7 +44,7 @@ from .checkpoint import export_weights, save_checkpoint
 from .checkpointer import Checkpointer, TrainingParts
 from .config import (EXECUTION_FIELDS, CheckpointInterval, Schedule, TrainConfig, parse_checkpoint_every,
                      resolve_schedule)
-from .data import DatasetBundle, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
+from .data import DatasetBundle, Normalize, dataset_spec, eval_batches, load_dataset, steps_per_epoch, train_batches
 from .data.mixing import BatchMixer, check_options as check_mixing_options
 from .devices import Runtime, autocast, device_description, kernel_choice, resolve_runtime
 from .distributed import Agreement, DistEnv, barrier, broadcast_object, init_distributed, shutdown
@@ -181,6 +181,7 @@ class _Trainer:
         self.params = count_parameters(model)
         # Mixup/CutMix/random erasing: soft targets for the loss, drawn per (seed, step, rank).
         self.mixer = BatchMixer.from_config(cfg, data.num_classes)
+        self.normalize = Normalize(data.mean, data.std, self.device)  # the pipelines hand out uint8
         if env.enabled and cfg.sync_bn:
             # torch's SyncBatchNorm runs only on GPUs; gloo (CPU) runs get an equivalent of ours.
             model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
@@ -282,9 +283,9 @@ class _Trainer:
     # --- evaluation --------------------------------------------------------------------------
 
     def _eval_iter(self, split):
-        return eval_batches(split, batch_size=self.cfg.eval_batch_size, device=self.device, mean=self.data.mean,
-                            std=self.data.std, image_size=self.data.image_size, channels_last=self.channels_last,
-                            num_workers=self.runtime.num_workers)
+        return self.normalize.batches(eval_batches(
+            split, batch_size=self.cfg.eval_batch_size, device=self.device, image_size=self.data.image_size,
+            channels_last=self.channels_last, num_workers=self.runtime.num_workers))
 
     def evaluate_split(self, split, prefix: str) -> dict[str, float]:
         """Metrics of the evaluation weights on `split` under the method's prediction (rank 0 only)."""
@@ -304,9 +305,10 @@ class _Trainer:
     # --- the loop ----------------------------------------------------------------------------
 
     def _train_stream(self, start: int):
+        """uint8 training batches on the device from iteration `start` on; `self.normalize` makes them inputs."""
         return train_batches(self.data.train, batch_size=self.cfg.batch_size, start_iteration=start,
-                             seed=self.cfg.seed, device=self.device, mean=self.data.mean, std=self.data.std,
-                             image_size=self.data.image_size, augment=self.cfg.augment,
+                             seed=self.cfg.seed, device=self.device, image_size=self.data.image_size,
+                             augment=self.cfg.augment,
                              randaugment_magnitude=self.cfg.randaugment_magnitude,
                              channels_last=self.channels_last, rank=self.env.rank,
                              world_size=self.env.world_size, num_workers=self.runtime.num_workers)
@@ -384,6 +386,7 @@ class _Trainer:
                         self.method.on_epoch_start(self.model, iteration // self.schedule.steps_per_epoch)
                     lr = self._set_lr(iteration)
                     x, y = next(stream)
+                    x = self.normalize(x)  # uint8 → float inputs here, on the device
                     if self.mixer is not None:
                         x, y = self.mixer(x, y, iteration, self.env.rank)
                     self.step(x, y, sums)
@@ -734,7 +737,8 @@ def _finish(trainer: _Trainer) -> runs.RunResults | None:
     if method.finalizes:
         # SWA/SWAG: the averaged (or sampled) weights are the result, BN re-estimated on train batches.
         total = trainer.schedule.total_iters
-        method.finalize(trainer.model, Restartable(lambda: itertools.islice(trainer._train_stream(total), 50)))
+        method.finalize(trainer.model, Restartable(
+            lambda: trainer.normalize.batches(itertools.islice(trainer._train_stream(total), 50))))
         progress.best = {}
     test_ms = None
     if env.is_main:

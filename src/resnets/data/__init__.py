@@ -1,11 +1,11 @@
 """Datasets in their publishers' formats, and the batch pipelines that feed training.
 
 ``load_dataset`` reads a dataset into a ``DatasetBundle`` of splits (see ``sources`` for the
-formats and the split rule); ``train_batches`` / ``eval_batches`` turn a split into
-normalized batches on the training device (see ``pipelines`` for the resume and
-multi-process guarantees).
+formats and the split rule); ``train_batches`` / ``eval_batches`` turn a split into uint8
+batches on the training device, which ``Normalize`` turns into the model's float inputs there
+(see ``pipelines`` for the resume and multi-process guarantees).
 """
-from .pipelines import AUGMENTATIONS, eval_batches, steps_per_epoch, train_batches
+from .pipelines import AUGMENTATIONS, Normalize, eval_batches, steps_per_epoch, train_batches
 from .sources import (
     DATASETS,
     DatasetBundle,
@@ -28,6 +28,7 @@ __all__ = [
     "DatasetSpec",
     "EncodedSplit",
     "FolderSplit",
+    "Normalize",
     "ShardSplit",
     "Split",
     "TensorSplit",

@@ -8,8 +8,8 @@ has at least ``size`` pixels each way (the scaled IDCT averages the pixels it dr
 crop stays within 30 dB PSNR of one cut from the full-size decode; tests/test_crops.py), and
 cropped and resized: a whole-pixel box with torch's antialiased bilinear uint8 kernel
 (vectorized on the channels_last view of the decoded pixels), a box between pixels (after a
-scaled decode) exactly with Pillow's ``resize(box=...)``. Output is uint8 H×W×3: normalization happens on the
-training device.
+scaled decode) exactly with Pillow's ``resize(box=...)``. Output is contiguous uint8 3×H×W,
+so a batch is a plain stack: normalization happens where the model runs.
 
 Decoder, chosen by measurement (benchmarks/input_pipeline.py): simplejpeg, where installed,
 decodes straight into a numpy array (libjpeg-turbo's TurboJPEG API, no Pillow image to unpack);
@@ -76,7 +76,7 @@ class EncodedImage:
             raise _decode_error(self.name, e) from None
 
     def crop(self, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool = False) -> torch.Tensor:
-        """The ``box`` (left, top, right, bottom, full-size pixels) resized to ``size`` (w, h), as uint8 H×W×3."""
+        """The ``box`` (left, top, right, bottom, full-size pixels) resized to ``size`` (w, h), as contiguous uint8 3×H×W."""
         from PIL import Image
 
         reduction = reduction_for(box, size)
@@ -94,10 +94,11 @@ class EncodedImage:
             # A box between pixels (after a DCT-scaled decode): Pillow resamples it exactly, where
             # rounding it to whole pixels would shift the crop by up to half a decoded pixel.
             image = Image.fromarray(pixels)
-            out = torch.from_numpy(np.array(image.resize(size, Image.Resampling.BILINEAR, box=_clip(scaled, image.size))))
+            resized = np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=_clip(scaled, image.size)))
+            out = torch.from_numpy(resized.transpose(2, 0, 1).copy())  # H×W×3 → 3×H×W, the one copy
         if flip:
-            out = out.flip(1)
-        return out.contiguous()
+            out = out.flip(-1)  # a new contiguous tensor
+        return out.contiguous()  # no copy after a resize or flip: only for a box already of `size`
 
     def _decode_simplejpeg(self, reduction: int) -> tuple[np.ndarray, int]:
         width, height = self.size
@@ -133,11 +134,12 @@ def _crop_resize_torch(pixels: np.ndarray, box, size: tuple[int, int]) -> torch.
     left, top = min(max(0, left), cols - 1), min(max(0, top), rows - 1)
     right, bottom = min(max(left + 1, right), cols), min(max(top + 1, bottom), rows)
     # A 1×3×H×W view of H×W×3 pixels is channels_last, where torch's antialiased uint8 resize is
-    # vectorized (about 2.5× Pillow's on this crop).
+    # vectorized (about 2.5× Pillow's on this crop); the box is a view, so the crop copies nothing,
+    # and the resize writes a contiguous 1×3×h×w tensor, which is the 3×h×w output as it is.
     region = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, top:bottom, left:right]
     if (right - left, bottom - top) != size:
         region = F.interpolate(region, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
-    return region[0].permute(1, 2, 0)
+    return region[0]
 
 
 def _clip(box, image_size):

@@ -7,8 +7,8 @@ one λ per batch, erasing boxes drawn for all images at once and applied as one 
 
 Every draw comes from a generator seeded by (seed, iteration, rank), so that the augmented batch i
 is a function of (seed, i) like the batch itself and a resumed run replays it bit for bit. The
-images and targets arrive after `train_batches` has normalized them, for tensor datasets and JPEG
-folders alike, and they work on any memory format (channels_last stays channels_last).
+images and targets arrive after the training loop has normalized `train_batches`' uint8 batches,
+for tensor datasets and JPEG folders alike, and they work on any memory format (channels_last stays channels_last).
 """
 from __future__ import annotations
 

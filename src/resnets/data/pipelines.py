@@ -11,6 +11,11 @@ contiguous slice ``[r·B/W, (r+1)·B/W)`` of the global batch, augmented with th
 drawn for the global batch, so the ranks' slices concatenated in rank order are the batch
 a single process would train on.
 
+Batches are uint8 N×3×S×S on the training device (channels_last memory when asked for): the
+float conversion and normalization run where the model runs, through ``Normalize`` (the one
+place that normalizes), which the training loop and evaluation apply. With ``mean`` and ``std``
+the pipelines apply it themselves and hand out normalized float32 batches instead.
+
 Evaluation batches cover every sample once, in order, the last partial batch included; with
 ``world_size`` processes rank ``r`` covers the contiguous shard
 ``[r·N//W, (r+1)·N//W)`` in batches of ``batch_size`` (per process), so gathering the ranks'
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -100,23 +105,44 @@ class _Schedule:
         return _generator(self.seed, _AUGMENTATION_STREAM, iteration)
 
 
-class _Normalize:
-    """uint8 batch on the device → float32 ``(x/255 - mean) / std``, layout preserved."""
+class Normalize:
+    """uint8 N×3×S×S batch → float32 ``(x/255 - mean) / std`` on the batch's device, its memory format kept.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+    The one place that normalizes: the training loop and evaluation apply it to the pipelines'
+    uint8 batches where the model runs, so the CPU-side pipeline stops at uint8 (a quarter of
+    the bytes to copy to the device, and no float work on the CPU when a GPU trains).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
         mean = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
         std = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        device = torch.device(device)
         self.scale = (1 / (255 * std)).to(device=device, dtype=torch.float32)
         self.shift = (-mean / std).to(device=device, dtype=torch.float32)
 
-    def __call__(self, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scale.device != images.device:
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
         x = images.to(torch.float32)  # keeps the memory format of `images`
-        x.mul_(self.scale).add_(self.shift)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)  # no copy when already NHWC
-        else:
-            x = x.contiguous()  # folder batches arrive NHWC
-        return x
+        return x.mul_(self.scale).add_(self.shift)
+
+    def batches(self, stream: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 x, y) batches → (normalized x, y)."""
+        for images, labels in stream:
+            yield self(images), labels
+
+
+def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    # On uint8, before normalization: the layout copy moves a quarter of the bytes a float one would.
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _maybe_normalized(stream, mean, std, device):
+    if mean is None and std is None:
+        return stream
+    if mean is None or std is None:
+        raise ValueError("give both mean and std (normalized float32 batches) or neither (uint8 batches)")
+    return Normalize(mean, std, device).batches(stream)
 
 
 def _copy_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -169,9 +195,9 @@ def train_batches(
     start_iteration: int,
     seed: int,
     device: torch.device | str,
-    mean: Sequence[float],
-    std: Sequence[float],
     image_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     augment: str = "crop-flip",
     randaugment_magnitude: int | None = None,
     channels_last: bool = False,
@@ -185,25 +211,27 @@ def train_batches(
     at a random offset and mirrors half the images, batched on ``device``. Folder data:
     ``"crop-flip"`` is RandomResizedCrop(image_size) + horizontal flip (+ RandAugment with
     2 ops of ``randaugment_magnitude`` when given); ``"none"`` is the evaluation resize and
-    center crop. x is float32 N×3×S×S normalized with ``mean``/``std``; y is int64.
+    center crop. x is uint8 N×3×S×S on ``device`` (channels_last memory when asked for), or,
+    with ``mean`` and ``std``, float32 normalized by ``Normalize``; y is int64.
     """
     _check_augment(augment)
     if start_iteration < 0:
         raise ValueError(f"start_iteration must be ≥ 0, got {start_iteration}")
     device = torch.device(device)
     schedule = _Schedule(len(split), batch_size, seed, rank, world_size)
-    normalize = _Normalize(mean, std, device)
     if isinstance(split, TensorSplit):
         if randaugment_magnitude is not None:
             raise UserError(
                 "RandAugment (--randaugment-magnitude) applies to datasets read from image folders (imagenet); "
                 "this dataset is held in memory and uses --augment crop-flip, crop or none."
             )
-        return _tensor_train_batches(split, schedule, start_iteration, device, normalize, image_size, augment, channels_last)
-    return _folder_train_batches(
-        split, schedule, start_iteration, device, normalize, image_size, augment, randaugment_magnitude,
-        channels_last, num_workers,
-    )
+        stream = _tensor_train_batches(split, schedule, start_iteration, device, image_size, augment, channels_last)
+    else:
+        stream = _folder_train_batches(
+            split, schedule, start_iteration, device, image_size, augment, randaugment_magnitude, channels_last,
+            num_workers,
+        )
+    return _maybe_normalized(stream, mean, std, device)
 
 
 def _check_tensor_size(split: TensorSplit, image_size: int) -> None:
@@ -216,7 +244,7 @@ def _check_tensor_size(split: TensorSplit, image_size: int) -> None:
 
 def _tensor_train_batches(
     split: TensorSplit, schedule: _Schedule, start_iteration: int, device: torch.device,
-    normalize: _Normalize, image_size: int, augment: str, channels_last: bool,
+    image_size: int, augment: str, channels_last: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     _check_tensor_size(split, image_size)
     images, labels = split.on_device(device)
@@ -241,8 +269,8 @@ def _tensor_train_batches(
                 params[2].zero_()
             batch = _crop_flip(images, indices, _copy_to_device(params, device), CROP_PADDING, channels_last)
         else:
-            batch = images.index_select(0, indices)
-        yield normalize(batch, channels_last), labels.index_select(0, indices)
+            batch = _layout(images.index_select(0, indices), channels_last)
+        yield batch, labels.index_select(0, indices)
         iteration += 1
 
 
@@ -269,7 +297,7 @@ def _seeded_cpu_rng(seed: int):
 
 
 class _EncodedImages(Dataset):
-    """Decodes and crops one sample of an ``EncodedSplit`` to uint8 S×S×3; items are an index or (index, seed).
+    """Decodes and crops one sample of an ``EncodedSplit`` to uint8 3×S×S; items are an index or (index, seed).
 
     It reads the split only through ``read_encoded``, ``describe`` and ``labels``, so image
     folders and prepared shards go through the same decoding and augmentation.
@@ -334,13 +362,13 @@ def eval_image_transform(image_size: int) -> Callable[[str | os.PathLike], torch
                 data = f.read()
         except OSError as e:
             raise UserError(f"Could not read image {path} ({e.strerror or e}).") from e
-        return crop(data, str(path)).permute(2, 0, 1).contiguous()
+        return crop(data, str(path))
 
     return load
 
 
 class _EncodedCrop:
-    """Encoded bytes → uint8 S×S×3 tensor: RandomResizedCrop (+ flip) or the evaluation crop.
+    """Encoded bytes → contiguous uint8 3×S×S tensor: RandomResizedCrop (+ flip) or the evaluation crop.
 
     Decodes only as finely as the crop needs (see ``crops``). ``transforms`` are tensor
     transforms applied to the 3×S×S crop afterwards (RandAugment).
@@ -360,12 +388,9 @@ class _EncodedCrop:
         # Drawn like torchvision's RandomHorizontalFlip, after the crop's own draws.
         flip = self.flip and bool(torch.rand(1) < 0.5)
         crop = image.crop(box, (self.image_size, self.image_size), flip=flip)
-        if self.transforms:
-            chw = crop.permute(2, 0, 1)
-            for transform in self.transforms:
-                chw = transform(chw)
-            crop = chw.permute(1, 2, 0)
-        return crop
+        for transform in self.transforms:
+            crop = transform(crop)
+        return crop.contiguous()
 
 
 def _train_transform(image_size: int, augment: str, randaugment_magnitude: int | None) -> _EncodedCrop:
@@ -391,30 +416,28 @@ def _folder_loader(dataset: _EncodedImages, device: torch.device, num_workers: i
     )
 
 
-def _device_batches(loader: DataLoader, device: torch.device, normalize: _Normalize, channels_last: bool,
-                   image_hook=None, first_index: int = 0):
+def _device_batches(loader: DataLoader, device: torch.device, channels_last: bool, image_hook=None,
+                    first_index: int = 0):
     index = first_index
     for batch in loader:
         if isinstance(batch, _Unreadable):
             raise UserError(batch.message)
-        images, labels = batch
-        images = images.permute(0, 3, 1, 2)  # workers send N×S×S×3: a channels_last N×3×S×S view
+        images, labels = batch  # workers send contiguous uint8 N×3×S×S
         if image_hook is not None:
-            images = image_hook(images.contiguous(), range(index, index + len(labels)))
+            images = image_hook(images, range(index, index + len(labels)))
         index += len(labels)
         yield (
-            normalize(images.to(device, non_blocking=True), channels_last),
+            _layout(images.to(device, non_blocking=True), channels_last),
             labels.to(device, non_blocking=True),
         )
 
 
 def _folder_train_batches(
-    split: EncodedSplit, schedule: _Schedule, start_iteration: int, device: torch.device, normalize: _Normalize,
-    image_size: int, augment: str, randaugment_magnitude: int | None, channels_last: bool, num_workers: int,
+    split: EncodedSplit, schedule: _Schedule, start_iteration: int, device: torch.device, image_size: int, augment: str, randaugment_magnitude: int | None, channels_last: bool, num_workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     dataset = _EncodedImages(split, _train_transform(image_size, augment, randaugment_magnitude))
     loader = _folder_loader(dataset, device, num_workers, batch_sampler=_TrainBatchSampler(schedule, start_iteration))
-    return _device_batches(loader, device, normalize, channels_last)
+    return _device_batches(loader, device, channels_last)
 
 
 def eval_batches(
@@ -422,16 +445,17 @@ def eval_batches(
     *,
     batch_size: int,
     device: torch.device | str,
-    mean: Sequence[float],
-    std: Sequence[float],
     image_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     channels_last: bool = False,
     num_workers: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     image_hook: Callable[[torch.Tensor, range], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's shard of ``split`` in order, unaugmented, as normalized (x, y) batches (module doc).
+    """This rank's shard of ``split`` in order, unaugmented, as (x, y) batches: x uint8, or normalized
+    float32 with ``mean`` and ``std`` (module doc).
 
     Folder images are resized (shorter side to round(image_size/0.875)) and center-cropped.
     ``image_hook(images, indices)``, when given, receives each batch as uint8 N×3×S×S on the
@@ -444,20 +468,20 @@ def eval_batches(
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
     device = torch.device(device)
-    normalize = _Normalize(mean, std, device)
     first, last = rank * len(split) // world_size, (rank + 1) * len(split) // world_size
     if isinstance(split, TensorSplit):
-        return _tensor_eval_batches(split, first, last, batch_size, device, normalize, image_size, channels_last,
-                                    image_hook)
-    dataset = _EncodedImages(split, _EncodedCrop(image_size, random_crop=False, flip=False))
-    shard = torch.utils.data.Subset(dataset, range(first, last))
-    loader = _folder_loader(shard, device, num_workers, batch_size=batch_size, shuffle=False)
-    return _device_batches(loader, device, normalize, channels_last, image_hook, first)
+        stream = _tensor_eval_batches(split, first, last, batch_size, device, image_size, channels_last, image_hook)
+    else:
+        dataset = _EncodedImages(split, _EncodedCrop(image_size, random_crop=False, flip=False))
+        shard = torch.utils.data.Subset(dataset, range(first, last))
+        loader = _folder_loader(shard, device, num_workers, batch_size=batch_size, shuffle=False)
+        stream = _device_batches(loader, device, channels_last, image_hook, first)
+    return _maybe_normalized(stream, mean, std, device)
 
 
 def _tensor_eval_batches(
     split: TensorSplit, first: int, last: int, batch_size: int, device: torch.device,
-    normalize: _Normalize, image_size: int, channels_last: bool, image_hook=None,
+    image_size: int, channels_last: bool, image_hook=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     _check_tensor_size(split, image_size)
     images, labels = split.on_device(device)
@@ -467,4 +491,4 @@ def _tensor_eval_batches(
             batch = images[start:stop]
         else:
             batch = _copy_to_device(image_hook(split.images[start:stop], range(start, stop)), device)
-        yield normalize(batch, channels_last), labels[start:stop]
+        yield _layout(batch, channels_last), labels[start:stop]
