@@ -55,7 +55,7 @@ FINAL_WEIGHTS = "model.safetensors"
 EVAL_FILE = "eval.json"
 MEMBER_PREFIX = "member_"
 TRACKERS_FILE = "trackers.json"  # the MLflow / W&B run ids of this run, so a resume continues them
-LOCK_FILE = "train.lock"  # held (flock) by the process training the run; its host and PID inside
+LOCK_FILE = "train.lock"  # held (fcntl.lockf) by the process training the run; its host and PID inside
 
 WEIGHTS = ("best", "final", "last")
 
@@ -326,18 +326,32 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 
 class RunLock:
-    """An exclusive lock on a run directory while one process trains it: fcntl.flock on LOCK_FILE,
-    which the kernel releases when the process ends however it ends, so a lock file left by a dead
-    process is simply taken over. Inside: the holder's host and PID, for the second launch's error."""
+    """An exclusive lock on a run directory while one process trains it: a POSIX record lock
+    (fcntl.lockf) on LOCK_FILE, which the kernel releases when the process ends however it ends, so
+    a lock file left by a dead process is simply taken over. Inside: the holder's host and PID, for
+    the second launch's error.
+
+    Why a record lock and not flock: an flock belongs to the open file, which forked children
+    (DataLoader workers) share, so a SIGKILLed trainer's workers kept its run locked until they
+    noticed their parent had gone; a record lock belongs to the process alone. Its one trap: the
+    kernel also drops it when the process closes any descriptor of the file, so nothing else in
+    the holding process opens LOCK_FILE, and a second RunLock on the same directory in one process
+    is refused here rather than by the kernel (which never refuses a process its own lock)."""
+
+    _held: set[Path] = set()  # resolved lock paths this process holds
 
     def __init__(self, run_dir: str | Path):
         import fcntl
         import os
         import socket
         self.path = Path(run_dir) / LOCK_FILE
+        self._key = self.path.resolve()
+        if self._key in RunLock._held:
+            raise UserError(f"--out {run_dir} is being trained by this process (pid {os.getpid()}): give another "
+                            "--out; two trainings into one run directory would overwrite each other's checkpoints")
         self._handle = open(self.path, "a+")
         try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._handle.seek(0)
             holder = self._handle.read().strip() or "another process"
@@ -345,6 +359,7 @@ class RunLock:
             raise UserError(f"--out {run_dir} is being trained by {holder} (it holds {self.path}): wait for it "
                             "to finish or stop it, or give another --out; two launches into one run directory "
                             "would overwrite each other's checkpoints") from None
+        RunLock._held.add(self._key)
         self._handle.seek(0)
         self._handle.truncate()
         self._handle.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
@@ -352,7 +367,8 @@ class RunLock:
 
     def release(self) -> None:
         if not self._handle.closed:
-            self._handle.close()  # closing the file releases the flock
+            self._handle.close()  # closing the file releases the lock
+            RunLock._held.discard(self._key)
 
 
 # ---------------------------------------------------------------------------------------------
