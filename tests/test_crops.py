@@ -82,6 +82,26 @@ def test_random_crops_follow_torchvision_random_resized_crop():
     assert abs(ours[:, 4].mean() - 0.5) < 4 * math.sqrt(0.25 / n)
 
 
+@pytest.mark.parametrize("width,height", [(1000, 10), (10, 1000), (3, 3), (400, 2)])
+def test_random_crop_falls_back_to_torchvision_central_crop_when_no_attempt_fits(width, height):
+    # Strips this thin fit none of the ten attempts (scale >= 0.08, ratio within 3/4-4/3), so
+    # get_params returns its deterministic central crop; (3, 3) fits on some draws, and then
+    # the box must at least lie inside the image with a ratio torchvision could draw.
+    from torchvision.transforms import RandomResizedCrop
+
+    from resnets.data.crops import random_resized_crop_box
+
+    stand_in = Image.new("RGB", (width, height))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        top, left, h, w = RandomResizedCrop.get_params(stand_in, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+        torch.manual_seed(seed)
+        box = random_resized_crop_box(width, height)
+        assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+        if (width, height) != (3, 3):
+            assert box == (left, top, left + w, top + h)
+
+
 def _full_size_crop(data: bytes, box, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, box=box))

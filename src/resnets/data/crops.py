@@ -16,10 +16,10 @@ decodes straight into a numpy array (libjpeg-turbo's TurboJPEG API, no Pillow im
 otherwise Pillow's own libjpeg-turbo through ``Image.draft``. PNGs, CMYK JPEGs and anything
 simplejpeg refuses go through Pillow at full size.
 
-The random crop is torchvision's own ``RandomResizedCrop.get_params`` on the full-size
-dimensions (scale 0.08–1, ratio 3/4–4/3) and the flip a ``torch.rand`` draw against 0.5, as
-``RandomHorizontalFlip`` does, all from torch's global generator, which the pipeline seeds
-per sample.
+The random crop is RandomResizedCrop's draw (torchvision's ``get_params`` algorithm, its
+uniforms drawn in one call) on the full-size dimensions (scale 0.08–1, ratio 3/4–4/3) and the
+flip a ``torch.rand`` draw against 0.5, as ``RandomHorizontalFlip`` does, all from torch's
+global generator, which the pipeline seeds per sample.
 """
 from __future__ import annotations
 
@@ -159,12 +159,36 @@ def reduction_for(box: tuple[float, float, float, float], size: tuple[int, int])
 
 
 def random_resized_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop draw on a width×height image, as a (left, top, right, bottom) box."""
-    from torchvision.transforms import RandomResizedCrop
+    """A RandomResizedCrop draw on a width×height image, as a (left, top, right, bottom) box.
 
-    # get_params reads only the dimensions: an expanded one-element tensor stands in for the image.
-    stand_in = torch.empty(1, 1, 1).expand(1, height, width)
-    top, left, box_height, box_width = RandomResizedCrop.get_params(stand_in, list(RRC_SCALE), list(RRC_RATIO))
+    The algorithm of torchvision's ``RandomResizedCrop.get_params`` (ten attempts at an area
+    fraction uniform in ``RRC_SCALE`` and a log-uniform aspect ratio in ``RRC_RATIO``, a uniform
+    position for the first that fits, else the central crop clipped to the ratio range), with
+    all forty uniforms drawn in one ``torch.rand`` call: get_params makes four one-element
+    tensors per attempt, about ten times the cost of this whole draw, which showed up at
+    160 px. tests/test_crops.py compares the distribution with get_params's over many draws.
+    """
+    area = width * height
+    log_ratio_low, log_ratio_high = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    for u_scale, u_ratio, u_top, u_left in torch.rand(10, 4, dtype=torch.float64).tolist():
+        target_area = area * (RRC_SCALE[0] + u_scale * (RRC_SCALE[1] - RRC_SCALE[0]))
+        aspect_ratio = math.exp(log_ratio_low + u_ratio * (log_ratio_high - log_ratio_low))
+        box_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        box_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < box_width <= width and 0 < box_height <= height:
+            # Uniform over the height - h + 1 (width - w + 1) positions, as torch.randint draws them.
+            top = min(int(u_top * (height - box_height + 1)), height - box_height)
+            left = min(int(u_left * (width - box_width + 1)), width - box_width)
+            return left, top, left + box_width, top + box_height
+    # get_params's fallback: the central crop, clipped to the ratio range.
+    in_ratio = width / height
+    if in_ratio < min(RRC_RATIO):
+        box_width, box_height = width, int(round(width / min(RRC_RATIO)))
+    elif in_ratio > max(RRC_RATIO):
+        box_width, box_height = int(round(height * max(RRC_RATIO))), height
+    else:
+        box_width, box_height = width, height
+    top, left = (height - box_height) // 2, (width - box_width) // 2
     return left, top, left + box_width, top + box_height
 
 
