@@ -365,3 +365,25 @@ def test_batches_from_shards_resume_exactly_and_ranks_read_disjoint_samples(tmp_
     for step in range(5):
         assert halves[0][step] + halves[1][step] == whole[step]
         assert not set(halves[0][step]) & set(halves[1][step]) and len(set(whole[step])) == 8
+
+
+def test_shards_at_a_url_read_through_the_object_store_path(tmp_path, monkeypatch, capsys):
+    # litdata's "local:" scheme is its downloader for a URL without a network: the manifest, index
+    # and labels come through resnets' download into the cache, the chunks through litdata's own
+    # remote reader, as for s3:// or gs://; only the store's client differs.
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    shards = _prepared(tmp_path)
+    url = "local://" + str(shards)
+    local, remote = load_dataset("folder", shards), load_dataset("folder", url)
+    assert isinstance(remote.train, ShardSplit) and remote.class_names == local.class_names
+    for split in ("train", "val"):
+        ours, theirs = getattr(remote, split), getattr(local, split)
+        assert np.array_equal(ours.labels, theirs.labels)
+        assert [ours.read_encoded(k) for k in range(len(ours))] == [theirs.read_encoded(k) for k in range(len(theirs))]
+    assert any((tmp_path / "cache" / "shards").rglob("*.bin"))  # the chunks were fetched into the cache
+
+    missing = "local://" + str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="Could not download .*nowhere.*manifest.json"):
+        load_dataset("folder", missing)
+    assert main(["train", "--data", "folder", "--data-dir", missing, "--iters", "1"]) == 2
+    assert "nowhere" in capsys.readouterr().err
