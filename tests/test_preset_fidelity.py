@@ -406,7 +406,7 @@ def test_built_model_and_optimizer_follow_the_source(preset):
         assert float(head.detach().std()) == pytest.approx(0.01, rel=0.01)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {m.momentum for m in bns} == {_expected(preset, "bn_momentum")}
-    last_bn_gammas = [float(b.last_bn.weight.abs().max()) for b in model.modules() if hasattr(b, "last_bn")]
+    last_bn_gammas = [float(b.last_bn.weight.detach().abs().max()) for b in model.modules() if hasattr(b, "last_bn")]
     if _expected(preset, "zero_init_last_bn"):
         assert max(last_bn_gammas) == 0.0
     else:
