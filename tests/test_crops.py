@@ -85,8 +85,8 @@ def test_random_crops_follow_torchvision_random_resized_crop():
 @pytest.mark.parametrize("width,height", [(1000, 10), (10, 1000), (3, 3), (400, 2)])
 def test_random_crop_falls_back_to_torchvision_central_crop_when_no_attempt_fits(width, height):
     # Strips this thin fit none of the ten attempts (scale >= 0.08, ratio within 3/4-4/3), so
-    # get_params returns its deterministic central crop; (3, 3) fits on some draws, and then
-    # the box must at least lie inside the image with a ratio torchvision could draw.
+    # get_params returns its deterministic central crop; (3, 3) fits on some draws (which then
+    # depend on how the uniforms are drawn), so there the box need only lie inside the image.
     from torchvision.transforms import RandomResizedCrop
 
     from resnets.data.crops import random_resized_crop_box
